@@ -1,0 +1,1 @@
+"""Cloud Run GPU and Modal deployment, used by the `lsfn` CLI."""

@@ -1,0 +1,1 @@
+"""One package per model function (functions/<model>/main.py)."""
