@@ -82,7 +82,8 @@ def main() -> int:
             print(f"{name}: decodings differ", file=sys.stderr)
             return 2
         repeat = slow_repeat if name.startswith("noise") else args.repeat
-        runs = int(np.count_nonzero(mask[:, 1:] != mask[:, :-1]) + height)
+        flat = mask.ravel()
+        runs = int(np.count_nonzero(flat[1:] != flat[:-1]) + 1)
         for op, sdk_fn, our_fn in (
             ("encode", lambda: brush.mask2rle(as_uint8), lambda: mask_to_rle(mask)),
             ("decode", lambda: brush.decode_rle(reference), lambda: rle_to_mask(ours, height, width)),

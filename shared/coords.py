@@ -55,8 +55,19 @@ def oriented_size(width: int, height: int, orientation: int | None = 1) -> tuple
 
 
 def _check_size(width: float, height: float) -> None:
-    if not (width > 0 and height > 0):
-        raise ValueError(f"image size must be positive, got {width}x{height}")
+    for n in (width, height):
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not (0 < n < math.inf):
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+
+
+def _number(value: Mapping[str, Any], key: str, default: float | None = None) -> float:
+    """A numeric field of a region value; a client's malformed value is a ValueError naming it."""
+    raw = value.get(key, default) if isinstance(value, Mapping) else None
+    if raw is None:
+        raw = default
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        raise ValueError(f"region value needs a finite number in '{key}', got {raw!r}")
+    return float(raw)
 
 
 def _clip(value: float, low: float = 0.0, high: float = 100.0) -> float:
@@ -88,11 +99,11 @@ def rect_from_percent(value: Mapping[str, Any], width: int, height: int) -> Pixe
     """A Label Studio rectangle value (percent) in pixels."""
     _check_size(width, height)
     return PixelRect(
-        x=float(value["x"]) * width / 100.0,
-        y=float(value["y"]) * height / 100.0,
-        width=float(value["width"]) * width / 100.0,
-        height=float(value["height"]) * height / 100.0,
-        rotation=float(value.get("rotation") or 0.0),
+        x=_number(value, "x") * width / 100.0,
+        y=_number(value, "y") * height / 100.0,
+        width=_number(value, "width") * width / 100.0,
+        height=_number(value, "height") * height / 100.0,
+        rotation=_number(value, "rotation", 0.0),
     )
 
 
@@ -185,4 +196,4 @@ def keypoint_to_percent(
 def keypoint_from_percent(value: Mapping[str, Any], width: int, height: int) -> tuple[float, float]:
     """A Label Studio keypoint value in pixels (x, y)."""
     _check_size(width, height)
-    return float(value["x"]) * width / 100.0, float(value["y"]) * height / 100.0
+    return _number(value, "x") * width / 100.0, _number(value, "y") * height / 100.0

@@ -34,7 +34,7 @@ _LABEL_TAGS = frozenset({"Label", "Choice"})
 _NOT_CONTROL_TAGS = frozenset({"Filter"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
-MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_CHARS = 1 << 20
 
 
 class LabelConfigError(ValueError):
@@ -284,10 +284,12 @@ def parse_label_config(xml: str) -> LabelConfig:
 
     Every /predict carries the project's config, so parses are cached (the result is immutable).
     """
-    if not isinstance(xml, str) or not xml.strip():
+    if not isinstance(xml, str):
+        raise LabelConfigError(f"the label config must be a string, got {type(xml).__name__}")
+    if not xml.strip():
         raise LabelConfigError("the label config is empty")
-    if len(xml) > MAX_CONFIG_BYTES:
-        raise LabelConfigError(f"the label config is larger than {MAX_CONFIG_BYTES} bytes")
+    if len(xml) > MAX_CONFIG_CHARS:
+        raise LabelConfigError(f"the label config is longer than {MAX_CONFIG_CHARS} characters")
     return _parse(xml)
 
 
@@ -301,7 +303,10 @@ def _parse(xml: str) -> LabelConfig:
     objects: dict[str, ObjectTag] = {}
     found: list[tuple[ET.Element, list[Label]]] = []
 
-    def walk(element: ET.Element, labels: list[Label] | None) -> None:
+    # Walked with an explicit stack: a client's config may nest deeper than Python's recursion.
+    stack: list[tuple[ET.Element, list[Label] | None]] = [(root, None)]
+    while stack:
+        element, labels = stack.pop()
         attrs = element.attrib
         name = attrs.get("name")
         if element.tag in _LABEL_TAGS:
@@ -319,10 +324,7 @@ def _parse(xml: str) -> LabelConfig:
                 value=attrs.get("value") or attrs.get("valueList", ""),
                 attrs=_frozen(attrs),
             )
-        for child in element:
-            walk(child, labels)
-
-    walk(root, None)
+        stack.extend((child, labels) for child in reversed(element))
 
     controls: list[Control] = []
     names: set[str] = set()

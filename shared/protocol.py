@@ -39,7 +39,7 @@ class ProtocolError(ValueError):
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow")
 
 
 def _project_uid(value: Any) -> Any:
@@ -174,14 +174,14 @@ class WebhookEvent(_Body):
     @property
     def project_id(self) -> int | None:
         project_id = (self.project or {}).get("id")
-        return project_id if isinstance(project_id, int) else None
+        return project_id if type(project_id) is int else None
 
 
 def _project_id(uid: str | None) -> int | None:
     if not uid:
         return None
     head = uid.split(".", 1)[0]
-    return int(head) if head.isdigit() else None
+    return int(head) if head.isascii() and head.isdecimal() and len(head) <= 18 else None
 
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -204,8 +204,7 @@ def _parse(model: type[Model], body: Any) -> Model:
         return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        loc = tuple("context" if p == "context_" else "schema" if p == "schema_" else p for p in first["loc"])
-        raise ProtocolError(_location(loc), first["msg"]) from None
+        raise ProtocolError(_location(first["loc"]), first["msg"]) from None
 
 
 def parse_predict(body: Any) -> PredictRequest:

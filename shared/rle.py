@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mask_to_rle", "rle_to_mask", "decode_rle", "RLEError"]
+__all__ = ["mask_to_rle", "rle_to_mask", "decode_rle", "RLEError", "MAX_VALUES"]
 
 _WORD_SIZE = 8
 _RUN_FIELD_SIZES = (3, 4, 8, 16)  # the SDK's and the frontend's default sizes
 _CHANNELS = 4
 _MAX_RUN = 1 << 16  # a 16-bit count field holds at most 65,536
+
+# Largest stream decoded: 4 values per pixel of a 16384 x 16384 mask. A few kilobytes of RLE can
+# announce gigabytes, so anything larger is refused before it is expanded.
+MAX_VALUES = 4 * 16384 * 16384
 
 # Header as the SDK writes it: value count (filled in per mask), word size 8, field sizes 3/4/8/16.
 _HEADER_TAIL = (_WORD_SIZE - 1, [size - 1 for size in _RUN_FIELD_SIZES])
@@ -127,7 +131,9 @@ def _pack(header: int, codes: np.ndarray, widths: np.ndarray) -> list[int]:
     return words.astype(">u4").view(np.uint8)[:nbytes].tolist()
 
 
-def decode_rle(rle: list[int] | bytes | np.ndarray, expected: int | None = None) -> np.ndarray:
+def decode_rle(
+    rle: list[int] | bytes | np.ndarray, expected: int | None = None, max_values: int = MAX_VALUES
+) -> np.ndarray:
     """Decode an RLE stream to its flat array of words (RGBA values for a brush mask).
 
     Handles every block kind the format allows (repeats and literals, any field and word
@@ -135,15 +141,10 @@ def decode_rle(rle: list[int] | bytes | np.ndarray, expected: int | None = None)
     variable-width blocks, so it is walked block by block in Python, collecting (value, count)
     pairs; the expansion into the output array is one ``np.repeat``. With ``expected``, a
     header announcing any other value count is refused before anything is expanded (a few
-    bytes of RLE can announce gigabytes).
+    bytes of RLE can announce gigabytes); a stream announcing more than ``max_values`` values
+    is refused in any case.
     """
-    if isinstance(rle, bytes):
-        data = rle
-    else:
-        try:
-            data = np.asarray(rle, dtype=np.uint8).tobytes()
-        except (OverflowError, TypeError, ValueError) as exc:
-            raise RLEError(f"RLE must be a list of bytes (integers 0-255): {exc}") from None
+    data = _stream_bytes(rle)
     total_bits = len(data) * 8
     if total_bits < _HEADER_BITS:
         raise RLEError("RLE stream is shorter than its header")
@@ -155,6 +156,8 @@ def decode_rle(rle: list[int] | bytes | np.ndarray, expected: int | None = None)
     count = head >> 21
     if expected is not None and count != expected:
         raise RLEError(f"RLE holds {count} values, expected {expected}")
+    if count > max_values:
+        raise RLEError(f"RLE announces {count} values, more than the {max_values} allowed")
 
     padded = data + bytes(8)  # an 8-byte window can be read at any byte of the stream
     from_bytes = int.from_bytes
@@ -192,6 +195,22 @@ def decode_rle(rle: list[int] | bytes | np.ndarray, expected: int | None = None)
     return np.repeat(np.array(values, dtype), counts)[:count]
 
 
+def _stream_bytes(rle: list[int] | bytes | np.ndarray) -> bytes:
+    """The RLE as bytes; anything but a flat sequence of integers 0-255 is an RLEError
+    (NumPy would otherwise wrap 300 to 44 or truncate 1.5 to 1 without a word)."""
+    if isinstance(rle, bytes):
+        return rle
+    try:
+        array = np.asarray(rle)
+    except (TypeError, ValueError) as exc:
+        raise RLEError(f"RLE must be a list of integers 0-255: {exc}") from None
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        raise RLEError("RLE must be a flat list of integers 0-255")
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise RLEError("RLE values must be integers 0-255")
+    return array.astype(np.uint8).tobytes()
+
+
 def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
     """Decode Label Studio brush RLE to a ``(height, width)`` uint8 mask.
 
@@ -199,7 +218,13 @@ def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
     0 outside, 255 inside for masks written by ``mask_to_rle`` or the SDK, and the brush's alpha
     for masks painted in the frontend.
     """
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in (height, width)):
+        raise RLEError(f"mask size must be integers, got {height!r}x{width!r}")
     if height < 0 or width < 0:
         raise RLEError(f"mask size must not be negative, got {height}x{width}")
+    if height * width * _CHANNELS > MAX_VALUES:
+        raise RLEError(f"a {height}x{width} mask is more than the {MAX_VALUES // 4} pixels allowed")
     flat = decode_rle(rle, expected=height * width * _CHANNELS)
+    if flat.dtype != np.uint8:
+        raise RLEError("brush RLE must use 8-bit words")
     return flat.reshape(height, width, _CHANNELS)[:, :, 3].astype(np.uint8, copy=True)

@@ -67,9 +67,10 @@ def test_rect_from_corners_inverts_rect_corners(
         order = order[::-1]
     rect = rect_from_corners(corners[order])
     assert 0.0 <= rect.rotation < 90.0
-    # The same rectangle, possibly described from another corner: same corner set.
+    # The same rectangle, possibly described from another corner: every corner is matched.
     again = rect_corners(rect)
-    assert sorted(map(tuple, np.round(again, 6))) == sorted(map(tuple, np.round(corners, 6)))
+    distances = np.linalg.norm(again[:, None, :] - corners[None, :, :], axis=2)
+    assert np.all(distances.min(axis=1) < 1e-6) and np.all(distances.min(axis=0) < 1e-6)
 
 
 def test_axis_aligned_corners_give_the_plain_box() -> None:
@@ -114,3 +115,25 @@ def test_polygons_and_keypoints() -> None:
 def test_zero_size_is_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         rect_to_percent(PixelRect(0, 0, 1, 1), 0, 10)
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        ({"y": 1, "width": 1, "height": 1}, "x"),
+        ({"x": None, "y": 1, "width": 1, "height": 1}, "x"),
+        ({"x": "3", "y": 1, "width": 1, "height": 1}, "x"),
+        ({"x": 1, "y": float("nan"), "width": 1, "height": 1}, "y"),
+        ({"x": 1, "y": 1, "width": True, "height": 1}, "width"),
+        ({"x": 1, "y": 1, "width": 1, "height": 1, "rotation": "a"}, "rotation"),
+    ],
+)
+def test_malformed_region_values_raise_value_error_naming_the_key(value: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=f"'{key}'"):
+        rect_from_percent(value, 64, 48)
+
+
+@pytest.mark.parametrize("size", [(0, 48), (64, None), (True, 48), (64, float("inf")), ("64", 48)])
+def test_malformed_image_sizes_raise_value_error(size: tuple) -> None:
+    with pytest.raises(ValueError, match="image size"):
+        keypoint_from_percent({"x": 1, "y": 1}, *size)

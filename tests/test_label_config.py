@@ -156,6 +156,19 @@ def test_bad_attribute_values_name_the_control_and_attribute() -> None:
         config.control("x")
 
 
-def test_non_string_config_is_a_typed_error() -> None:
-    with pytest.raises(LabelConfigError):
-        parse_label_config(None)  # type: ignore[arg-type]
+@pytest.mark.parametrize("value", [None, b"<View/>", 3])
+def test_non_string_config_is_a_typed_error(value: object) -> None:
+    with pytest.raises(LabelConfigError, match="must be a string"):
+        parse_label_config(value)  # type: ignore[arg-type]
+
+
+def test_deeply_nested_config_parses_without_recursion() -> None:
+    depth = 5000
+    xml = "<View>" * depth + '<Image name="i" value="$i"/><Choices name="c" toName="i">'
+    xml += '<Choice value="a"/></Choices>' + "</View>" * depth
+    assert parse_label_config(xml).control("c").label_values == ("a",)
+
+
+def test_oversized_config_is_refused() -> None:
+    with pytest.raises(LabelConfigError, match="longer than"):
+        parse_label_config("<View>" + " " * (1 << 20) + "</View>")

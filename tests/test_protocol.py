@@ -120,3 +120,14 @@ def test_response_keeps_task_order_and_marks_failures_without_result() -> None:
         "results": [ok, {"error": "could not fetch /data/upload/2/x.jpg: 404"}, ok],
     }
     assert "result" not in answer["results"][1]
+
+
+@pytest.mark.parametrize("project", ["\u00b2", "1" * 5000, "abc.123", "", "-3.5"])
+def test_odd_project_uids_give_no_project_id(project: str) -> None:
+    assert parse_predict({"tasks": [{"data": {}}], "project": project}).project_id is None
+    assert parse_setup({"project": project}).project_id is None
+
+
+def test_webhook_project_id_must_be_an_integer() -> None:
+    assert parse_webhook({"action": "X", "project": {"id": True}}).project_id is None
+    assert parse_webhook({"action": "X", "project": {"id": 7}}).project_id == 7

@@ -197,18 +197,60 @@ def test_wrong_size_is_refused_before_decoding() -> None:
         rle_to_mask(rle, 10, 11)
 
 
-def test_a_tiny_stream_announcing_gigabytes_is_refused_at_once() -> None:
+def gigabyte_stream(word_size: int = 8) -> list[int]:
+    """A few hundred bytes announcing 4 G values, made of 65,536-value repeat blocks."""
     writer = BitWriter()
-    writer.put(2**32 - 4, 32), writer.put(7, 5)
+    writer.put(2**32 - 4, 32), writer.put(word_size - 1, 5)
     for size in (3, 4, 8, 16):
         writer.put(size - 1, 4)
-    writer.put(1, 1), writer.put(3, 2), writer.put(2**16 - 1, 16), writer.put(255, 8)
-    with pytest.raises(RLEError):
-        rle_to_mask(writer.stream(), 100, 100)
+    for _ in range(100):
+        writer.put(1, 1), writer.put(3, 2), writer.put(2**16 - 1, 16), writer.put(255, word_size)
+    return writer.stream()
 
 
-@pytest.mark.parametrize("bad", [[], [1, 2, 3], [256, 0, 0, 0, 0, 0, 0, 0], ["x"] * 8])
-def test_malformed_streams_raise_rle_error(bad: list) -> None:
+def test_a_tiny_stream_announcing_gigabytes_is_refused_before_expanding() -> None:
+    with pytest.raises(RLEError, match="expected 40000"):
+        rle_to_mask(gigabyte_stream(), 100, 100)
+    with pytest.raises(RLEError, match="more than the"):
+        decode_rle(gigabyte_stream(word_size=32))
+    with pytest.raises(RLEError, match="more than the"):
+        rle_to_mask(gigabyte_stream(), 32768, 32767)
+
+
+def test_only_8_bit_words_make_a_brush_mask() -> None:
+    writer = BitWriter()
+    writer.put(4, 32), writer.put(15, 5)
+    for size in (3, 4, 8, 16):
+        writer.put(size - 1, 4)
+    writer.put(1, 1), writer.put(0, 2), writer.put(3, 3), writer.put(0x1234, 16)
+    np.testing.assert_array_equal(decode_rle(writer.stream()), [0x1234] * 4)
+    with pytest.raises(RLEError, match="8-bit"):
+        rle_to_mask(writer.stream(), 1, 1)
+
+
+@pytest.mark.parametrize("size", [(2.0, 2.0), ("2", "2"), (None, 2), (True, 4), (-1, 4)])
+def test_mask_size_must_be_non_negative_integers(size: tuple) -> None:
+    with pytest.raises(RLEError, match="mask size"):
+        rle_to_mask(mask_to_rle(np.ones((2, 2), bool)), *size)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [],
+        [1, 2, 3],
+        [256, 0, 0, 0, 0, 0, 0, 0],
+        [-1] * 8,
+        ["x"] * 8,
+        [1.5] * 8,
+        [[0] * 8],
+        [[0, 1], [2]],
+        np.array([300] * 8),
+        None,
+        {"a": 1},
+    ],
+)
+def test_malformed_streams_raise_rle_error(bad: object) -> None:
     with pytest.raises(RLEError):
         decode_rle(bad)
 
