@@ -1,0 +1,101 @@
+"""Every environment variable lsfn reads, typed, in one place.
+
+Names follow label-studio-ml-backend where it has one, including its older spellings
+(LABEL_STUDIO_HOST, LABEL_STUDIO_ACCESS_TOKEN, ML_SERVER_BASIC_AUTH_*), so an existing
+docker-compose environment keeps working. Model-specific variables (MODEL_CHECKPOINT,
+BOX_THRESHOLD, ...) are read by each function with the same mechanism.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+MiB = 1 << 20
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """The runtime's configuration, read from the environment when created."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    # Label Studio, for fetching task files (its /setup `hostname` is usually unusable remotely).
+    label_studio_url: str | None = Field(None, validation_alias=_env("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST"))
+    label_studio_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN")
+    )
+
+    # Who may call the function.
+    basic_auth_user: str | None = Field(
+        None, validation_alias=_env("BASIC_AUTH_USER", "ML_SERVER_BASIC_AUTH_USER")
+    )
+    basic_auth_pass: SecretStr | None = Field(
+        None, validation_alias=_env("BASIC_AUTH_PASS", "ML_SERVER_BASIC_AUTH_PASS")
+    )
+    webhook_secret: SecretStr | None = Field(None, validation_alias=_env("WEBHOOK_SECRET"))
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", validation_alias=_env("LOG_LEVEL")
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", validation_alias=_env("DEVICE"))
+    model_score_threshold: float = Field(0.5, ge=0.0, le=1.0, validation_alias=_env("MODEL_SCORE_THRESHOLD"))
+
+    # Limits and backpressure.
+    max_body_bytes: int = Field(16 * MiB, gt=0, validation_alias=_env("MAX_BODY_BYTES"))
+    max_concurrent_predictions: int = Field(2, gt=0, validation_alias=_env("MAX_CONCURRENT_PREDICTIONS"))
+
+    # Fetching task images.
+    fetch_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), validation_alias=_env("FETCH_ALLOWED_HOSTS")
+    )
+    fetch_timeout: float = Field(15.0, gt=0, validation_alias=_env("FETCH_TIMEOUT"))
+    max_image_bytes: int = Field(64 * MiB, gt=0, validation_alias=_env("MAX_IMAGE_BYTES"))
+    max_image_pixels: int = Field(16384 * 16384, gt=0, validation_alias=_env("MAX_IMAGE_PIXELS"))
+    image_cache_bytes: int = Field(256 * MiB, ge=0, validation_alias=_env("IMAGE_CACHE_BYTES"))
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("fetch_allowed_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("label_studio_url", mode="before")
+    @classmethod
+    def _strip_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().rstrip("/")
+            return value or None
+        return value
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        """(user, password) when both are set: then every route but / and /health needs them."""
+        if self.basic_auth_user and self.basic_auth_pass and self.basic_auth_pass.get_secret_value():
+            return self.basic_auth_user, self.basic_auth_pass.get_secret_value()
+        return None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once (tests call ``get_settings.cache_clear()``)."""
+    return Settings()
