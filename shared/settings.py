@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     )
     fetch_timeout: float = Field(15.0, gt=0, validation_alias=_env("FETCH_TIMEOUT"))
     max_image_bytes: int = Field(64 * MiB, gt=0, validation_alias=_env("MAX_IMAGE_BYTES"))
-    max_image_pixels: int = Field(16384 * 16384, gt=0, validation_alias=_env("MAX_IMAGE_PIXELS"))
+    # Pillow itself refuses more than ~179 M pixels as a decompression bomb.
+    max_image_pixels: int = Field(100_000_000, gt=0, validation_alias=_env("MAX_IMAGE_PIXELS"))
     image_cache_bytes: int = Field(256 * MiB, ge=0, validation_alias=_env("IMAGE_CACHE_BYTES"))
 
     @field_validator("log_level", mode="before")
