@@ -54,10 +54,13 @@ def oriented_size(width: int, height: int, orientation: int | None = 1) -> tuple
     return width, height
 
 
+def _is_finite_number(n: object) -> bool:
+    return isinstance(n, (int, float)) and not isinstance(n, bool) and math.isfinite(n)
+
+
 def _check_size(width: float, height: float) -> None:
-    for n in (width, height):
-        if isinstance(n, bool) or not isinstance(n, (int, float)) or not (0 < n < math.inf):
-            raise ValueError(f"image size must be positive, got {width}x{height}")
+    if not all(_is_finite_number(n) and n > 0 for n in (width, height)):
+        raise ValueError(f"image size must be positive, got {width}x{height}")
 
 
 def _number(value: Mapping[str, Any], key: str, default: float | None = None) -> float:
@@ -65,7 +68,7 @@ def _number(value: Mapping[str, Any], key: str, default: float | None = None) ->
     raw = value.get(key, default) if isinstance(value, Mapping) else None
     if raw is None:
         raw = default
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+    if not _is_finite_number(raw):
         raise ValueError(f"region value needs a finite number in '{key}', got {raw!r}")
     return float(raw)
 

@@ -46,16 +46,18 @@ class DecodedImage:
         return int(self.pixels.shape[0])
 
 
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    gray = np.clip(gray, 0, 255).round().astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
 def _to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode in _SIXTEEN_BIT_MODES:
         # Pillow's convert("RGB") clips 16-bit values at 255; scale the full range instead.
-        gray = np.asarray(image, dtype=np.float64)
-        gray = np.clip(gray / 257.0, 0, 255).round().astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
+        return _gray_to_rgb(np.asarray(image, dtype=np.float64) / 257.0)
     if image.mode == "F":
         gray = np.asarray(image, dtype=np.float64)
-        gray = np.clip(gray * (255.0 if gray.max(initial=0) <= 1.0 else 1.0), 0, 255).round()
-        return np.repeat(gray.astype(np.uint8)[:, :, None], 3, axis=2)
+        return _gray_to_rgb(gray * (255.0 if gray.max(initial=0) <= 1.0 else 1.0))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode != "RGB":
@@ -65,14 +67,20 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     """Decode image bytes to displayed RGB pixels, refusing more than ``max_pixels``."""
+    # Our own limit decides; Pillow's bomb warning would only add noise (its error still counts).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return _decode(data, max_pixels)
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLarge(str(exc)) from None
+
+
+def _decode(data: bytes, max_pixels: int) -> DecodedImage:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError("the data is not an image format we can read") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(str(exc)) from None
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's parsers raise all three
         raise ImageError(f"the image header cannot be read: {exc}") from None
     with image:
@@ -89,13 +97,8 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         except Exception:  # noqa: BLE001 - a broken EXIF block must not sink the image
             orientation = 1
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image.load()
-                oriented = ImageOps.exif_transpose(image) or image
-                pixels = _to_rgb(oriented)
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLarge(str(exc)) from None
+            image.load()
+            pixels = _to_rgb(ImageOps.exif_transpose(image) or image)
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise ImageError(f"the image data cannot be decoded: {exc}") from None
         return DecodedImage(pixels=np.ascontiguousarray(pixels), orientation=orientation, format=image.format)

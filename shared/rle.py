@@ -132,7 +132,10 @@ def _pack(header: int, codes: np.ndarray, widths: np.ndarray) -> list[int]:
 
 
 def decode_rle(
-    rle: list[int] | bytes | np.ndarray, expected: int | None = None, max_values: int = MAX_VALUES
+    rle: list[int] | bytes | np.ndarray,
+    expected: int | None = None,
+    max_values: int = MAX_VALUES,
+    max_word_size: int = 32,
 ) -> np.ndarray:
     """Decode an RLE stream to its flat array of words (RGBA values for a brush mask).
 
@@ -142,7 +145,7 @@ def decode_rle(
     pairs; the expansion into the output array is one ``np.repeat``. With ``expected``, a
     header announcing any other value count is refused before anything is expanded (a few
     bytes of RLE can announce gigabytes); a stream announcing more than ``max_values`` values
-    is refused in any case.
+    is refused in any case, as is one with words wider than ``max_word_size`` bits.
     """
     data = _stream_bytes(rle)
     total_bits = len(data) * 8
@@ -152,6 +155,8 @@ def decode_rle(
     sizes = [((head >> (12 - 4 * k)) & 0xF) + 1 for k in range(4)]
     field_masks = [(1 << size) - 1 for size in sizes]
     word_size = ((head >> 16) & 0x1F) + 1
+    if word_size > max_word_size:
+        raise RLEError(f"RLE uses {word_size}-bit words, wider than {max_word_size}-bit")
     word_mask = (1 << word_size) - 1
     count = head >> 21
     if expected is not None and count != expected:
@@ -224,7 +229,5 @@ def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
         raise RLEError(f"mask size must not be negative, got {height}x{width}")
     if height * width * _CHANNELS > MAX_VALUES:
         raise RLEError(f"a {height}x{width} mask is more than the {MAX_VALUES // 4} pixels allowed")
-    flat = decode_rle(rle, expected=height * width * _CHANNELS)
-    if flat.dtype != np.uint8:
-        raise RLEError("brush RLE must use 8-bit words")
+    flat = decode_rle(rle, expected=height * width * _CHANNELS, max_word_size=_WORD_SIZE)
     return flat.reshape(height, width, _CHANNELS)[:, :, 3].astype(np.uint8, copy=True)

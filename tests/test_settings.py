@@ -26,34 +26,33 @@ def test_defaults() -> None:
     assert settings.fetch_allowed_hosts == ()
 
 
-def test_reads_label_studio_ml_backend_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LABEL_STUDIO_URL", " http://ls.internal:8080/ ")
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0123456789abcdef")
-    monkeypatch.setenv("BASIC_AUTH_USER", "lsuser")
-    monkeypatch.setenv("BASIC_AUTH_PASS", "lspass")
-    monkeypatch.setenv("LOG_LEVEL", "debug")
-    monkeypatch.setenv("DEVICE", "CUDA")
-    monkeypatch.setenv("FETCH_ALLOWED_HOSTS", "files.local, 10.0.0.0/8,")
-    monkeypatch.setenv("MAX_CONCURRENT_PREDICTIONS", "4")
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "BASIC_AUTH_USER", "BASIC_AUTH_PASS"),
+        ("LABEL_STUDIO_HOST", "LABEL_STUDIO_ACCESS_TOKEN", "ML_SERVER_BASIC_AUTH_USER", "ML_SERVER_BASIC_AUTH_PASS"),
+    ],
+    ids=["current", "older"],
+)
+def test_reads_label_studio_ml_backend_names(monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...]) -> None:
+    for name, value in zip(names, (" http://ls.internal:8080/ ", "0123456789abcdef", "lsuser", "lspass")):
+        monkeypatch.setenv(name, value)
     settings = Settings()
     assert settings.label_studio_url == "http://ls.internal:8080"
     assert settings.label_studio_api_key.get_secret_value() == "0123456789abcdef"
     assert "0123456789abcdef" not in repr(settings)  # secrets stay out of logs
     assert settings.basic_auth == ("lsuser", "lspass")
+
+
+def test_reads_the_runtime_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("DEVICE", "CUDA")
+    monkeypatch.setenv("FETCH_ALLOWED_HOSTS", "files.local, 10.0.0.0/8,")
+    monkeypatch.setenv("MAX_CONCURRENT_PREDICTIONS", "4")
+    settings = Settings()
     assert (settings.log_level, settings.device) == ("DEBUG", "cuda")
     assert settings.fetch_allowed_hosts == ("files.local", "10.0.0.0/8")
     assert settings.max_concurrent_predictions == 4
-
-
-def test_older_spellings_still_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LABEL_STUDIO_HOST", "http://host.docker.internal:8080")
-    monkeypatch.setenv("LABEL_STUDIO_ACCESS_TOKEN", "tok")
-    monkeypatch.setenv("ML_SERVER_BASIC_AUTH_USER", "u")
-    monkeypatch.setenv("ML_SERVER_BASIC_AUTH_PASS", "p")
-    settings = Settings()
-    assert settings.label_studio_url == "http://host.docker.internal:8080"
-    assert settings.label_studio_api_key.get_secret_value() == "tok"
-    assert settings.basic_auth == ("u", "p")
 
 
 def test_basic_auth_needs_both_parts(monkeypatch: pytest.MonkeyPatch) -> None:
