@@ -1,20 +1,76 @@
-"""`lsfn`: the command line. `serve` arrives with the HTTP runtime; deploy commands live in deploy/."""
+"""`lsfn`: the command line. Deploy commands live in deploy/."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
+
+__all__ = ["main", "resolve_function"]
+
+TARGET = "handler"  # the functions-framework target every function module defines
+
+
+def resolve_function(name: str) -> Path:
+    """The module file of a function: a folder name under functions/ (``yolo``), a folder holding
+    main.py, or the path of a module."""
+    path = Path(name)
+    candidates = [path] if path.suffix == ".py" else [path / "main.py", Path(__file__).parent.parent / "functions" / name / "main.py"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    available = sorted(p.parent.name for p in (Path(__file__).parent.parent / "functions").glob("*/main.py"))
+    raise SystemExit(
+        f"lsfn: no function {name!r}: give a folder under functions/ ({', '.join(available) or 'none yet'}) "
+        "or the path of a module that defines one"
+    )
+
+
+def serve(function: str, host: str, port: int) -> None:
+    """Serve a function with functions-framework's gunicorn server, as Cloud Run does."""
+    source = resolve_function(function)
+    # The function's own directory and the checkout must be importable, as under Cloud Run.
+    sys.path[:0] = [str(source.parent)]
+    import functions_framework
+    from functions_framework._http import create_server
+
+    # The module is loaded as `functions-framework --target handler` loads it; the server is
+    # functions-framework's gunicorn set-up, given the function's own WSGI app, which routes
+    # every path itself (functions-framework's per-request wrapper would only add latency).
+    target = functions_framework.create_app(TARGET, str(source), "http").view_functions["run"]
+    runtime, app = getattr(target, "runtime", None), getattr(target, "app", None)
+    if runtime is None or app is None:
+        raise SystemExit(f"lsfn: {source} defines no {TARGET!r} made by shared.runtime.http_target")
+    limit = runtime.settings.max_concurrent_predictions
+    options = {
+        # Load the model in the worker as soon as it starts (threads do not survive the fork).
+        "post_worker_init": lambda worker: runtime.start(),
+        # Predictions are bounded by MAX_CONCURRENT_PREDICTIONS; the other threads keep /health,
+        # /setup and /metrics answering while they run.
+        "threads": int(os.environ.get("THREADS", limit + 8)),
+    }
+    print(f"lsfn: serving {source} on http://{host}:{port}", file=sys.stderr, flush=True)
+    create_server(app, False, **options).run(host, port)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lsfn` console script."""
-    parser = argparse.ArgumentParser(prog="lsfn", description=__doc__)
+    parser = argparse.ArgumentParser(prog="lsfn", description="Label Studio ML backends as serverless functions.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command")
+    serve_cmd = commands.add_parser("serve", help="serve a function locally")
+    serve_cmd.add_argument("function", help="a folder under functions/ or the path of a function module")
+    serve_cmd.add_argument("--port", type=int, default=int(os.environ.get("PORT", 9090)))
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
     args = parser.parse_args(argv)
     if args.version:
         from importlib.metadata import version
 
         print(version("lsfn"))
+        return 0
+    if args.command == "serve":
+        serve(args.function, args.host, args.port)
         return 0
     parser.print_help()
     return 0

@@ -73,7 +73,8 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         try:
             return _decode(data, max_pixels)
         except Image.DecompressionBombError as exc:
-            raise ImageTooLarge(str(exc)) from None
+            # Pillow refuses on its own beyond twice its limit, before our check can run.
+            raise ImageTooLarge(f"{exc} (MAX_IMAGE_PIXELS is {max_pixels})") from None
 
 
 def _decode(data: bytes, max_pixels: int) -> DecodedImage:

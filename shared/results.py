@@ -36,8 +36,15 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 
 
 def result_id() -> str:
-    """A 10-character region id, the length Label Studio's frontend generates."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(10))
+    """A 10-character region id of letters and digits, like the ids Label Studio's frontend
+    generates."""
+    # One random draw mapped to base 62: ten secrets.choice calls cost 30 us a region.
+    n = int.from_bytes(secrets.token_bytes(8))
+    out = []
+    for _ in range(10):
+        n, digit = divmod(n, 62)
+        out.append(_ID_ALPHABET[digit])
+    return "".join(out)
 
 
 def _labels(labels: str | Sequence[str]) -> list[str]:

@@ -9,6 +9,7 @@ BOX_THRESHOLD, ...) are read by each function with the same mechanism.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -48,10 +49,15 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", validation_alias=_env("DEVICE"))
     model_score_threshold: float = Field(0.5, ge=0.0, le=1.0, validation_alias=_env("MODEL_SCORE_THRESHOLD"))
+    # Where the image keeps its weights (label-studio-ml-backend's name and default).
+    model_root: Path = Field(Path("/app/models"), validation_alias=_env("MODEL_ROOT"))
 
     # Limits and backpressure.
     max_body_bytes: int = Field(16 * MiB, gt=0, validation_alias=_env("MAX_BODY_BYTES"))
     max_concurrent_predictions: int = Field(2, gt=0, validation_alias=_env("MAX_CONCURRENT_PREDICTIONS"))
+    # How long a /predict that arrives during a cold start waits for the model to load; Label
+    # Studio waits up to 100 s for /predict, so a cold start fits in one request.
+    ready_timeout: float = Field(90.0, ge=0, validation_alias=_env("READY_TIMEOUT"))
 
     # Fetching task images.
     fetch_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(

@@ -1,0 +1,56 @@
+"""HTTP errors as JSON bodies, and the status each library exception is answered with.
+
+Label Studio shows only the status line of a failed call (never the body), so the status must
+be right; the JSON body ``{"error", "detail", "request_id"}`` is for people reading logs and
+for clients other than Label Studio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shared.image_decode import ImageError, ImageTooLarge
+from shared.images import FetchError
+from shared.label_config import LabelConfigError
+from shared.protocol import ProtocolError
+from shared.ssrf import ForbiddenURL
+
+__all__ = ["HTTPError", "client_error"]
+
+
+class HTTPError(Exception):
+    """An error answered as ``status`` with ``{"error": error, "detail": detail}``."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {error}: {detail}" if detail else f"{status} {error}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+def client_error(exc: BaseException) -> HTTPError | None:
+    """The HTTP error for an exception caused by what the client sent (or by a task's data);
+    None for anything else, which is a bug answered 500."""
+    if isinstance(exc, HTTPError):
+        return exc
+    if isinstance(exc, ProtocolError):
+        return HTTPError(422, "invalid request", str(exc))
+    if isinstance(exc, LabelConfigError):
+        return HTTPError(422, "unsupported label config", str(exc))
+    if isinstance(exc, ForbiddenURL):
+        return HTTPError(422, "forbidden URL", str(exc))
+    if isinstance(exc, ImageTooLarge):
+        return HTTPError(413, "image too large", str(exc))
+    if isinstance(exc, ImageError):
+        return HTTPError(422, "unreadable image", str(exc))
+    if isinstance(exc, FetchError):
+        titles = {413: "image too large", 504: "image fetch timed out", 422: "unusable image URL"}
+        return HTTPError(exc.status, titles.get(exc.status, "image fetch failed"), exc.message)
+    return None

@@ -1,0 +1,113 @@
+"""The Model base class a function implements, and the batch its predict() receives.
+
+A function only loads a model and turns already-fetched, already-decoded images into
+predictions; everything HTTP and Label-Studio-specific happens in the runtime around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from shared.image_decode import DecodedImage
+from shared.label_config import LabelConfig
+from shared.protocol import Context, PredictRequest, Task, TaskFailure, WebhookEvent
+from shared.settings import Settings
+
+__all__ = ["Batch", "Model", "Prediction", "TaskInput"]
+
+# One task's answer: a prediction (shared.results.prediction), several predictions (Label Studio
+# stores each), or a TaskFailure for that task alone.
+Prediction = dict[str, Any] | list[dict[str, Any]] | TaskFailure
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """One task with the images its label config's objects point at, fetched and decoded."""
+
+    task: Task
+    images: Mapping[str, DecodedImage]
+
+    @property
+    def id(self) -> int | None:
+        return self.task.id
+
+    def image(self, object_name: str | None = None) -> DecodedImage:
+        """The decoded image of an object (``<Image name="image">``); without a name, the only one."""
+        if object_name is not None:
+            return self.images[object_name]
+        if len(self.images) != 1:
+            raise KeyError(f"the task has {len(self.images)} images; name the object: {sorted(self.images)}")
+        return next(iter(self.images.values()))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What ``Model.predict`` receives: tasks in request order, the parsed label config, and the
+    interactive context (None for batch pre-annotation)."""
+
+    tasks: Sequence[TaskInput]
+    label_config: LabelConfig
+    request: PredictRequest
+    # Fetch other task data (a video, say) with the request's credentials: fetch(value, task_id).
+    fetch: Callable[[str, int | None], bytes]
+
+    @property
+    def context(self) -> Context | None:
+        return self.request.context
+
+    @property
+    def is_interactive(self) -> bool:
+        return self.request.is_interactive
+
+    @property
+    def project(self) -> str | None:
+        return self.request.project
+
+
+class Model:
+    """Base class of a model function.
+
+    ``setup`` loads weights from the image (never downloads) and ``warmup`` runs once; both run
+    in the background while the server already answers /health with 503 "loading". ``predict``
+    gets a ``Batch`` and returns one ``Prediction`` per task, in order. ``fit`` receives webhook
+    events in the background when the model trains (``trains = True``).
+    """
+
+    #: Reported by /setup and added to predictions that carry none (Label Studio skips tasks
+    #: that already hold a prediction of this version).
+    model_version: ClassVar[str] = "0.0.1"
+    #: Object tags whose task data the runtime fetches and decodes before predict.
+    fetch_objects: ClassVar[frozenset[str]] = frozenset({"Image"})
+    #: Whether webhook events go to ``fit``.
+    trains: ClassVar[bool] = False
+
+    def __init__(self, settings: Settings) -> None:
+        # Cheap: the runtime creates the model before the server listens; weights load in setup.
+        self.settings = settings
+
+    @property
+    def model_class(self) -> str:
+        return type(self).__name__
+
+    def setup(self) -> None:
+        """Load weights from the image's weights directory (settings.model_root)."""
+
+    def warmup(self) -> None:
+        """Run once after setup, before /health reports ready (compile kernels, first inference)."""
+
+    def check_label_config(self, config: LabelConfig) -> None:
+        """Raise LabelConfigError when the model cannot serve this label config. Called by
+        /setup and /predict; must be cheap and must not need the weights."""
+
+    def versions(self) -> list[str]:
+        """The model versions /versions lists."""
+        return [self.model_version]
+
+    def predict(self, batch: Batch) -> Sequence[Prediction]:
+        raise NotImplementedError
+
+    def fit(self, event: WebhookEvent) -> None:
+        """Handle a webhook event (ANNOTATION_CREATED, START_TRAINING, ...) in the background."""
+        raise NotImplementedError

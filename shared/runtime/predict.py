@@ -1,0 +1,215 @@
+"""/predict from parsed request to encoded answer: fetch, decode, predict, encode.
+
+Exactly one item per task, in task order (fewer make Label Studio re-send every task one by
+one). A task that fails gets an item without ``result`` (Label Studio stores nothing and a
+later run retries it); the others are answered. A failing interactive request (one task, a
+context) is an HTTP error instead: the annotator sees its status line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from shared.image_decode import DecodedImage, decode_image
+from shared.images import ImageFetcher
+from shared.label_config import LabelConfig, LabelConfigError
+from shared.protocol import PredictRequest, ProtocolError, TaskFailure, predict_response
+from shared.runtime.errors import HTTPError, client_error
+from shared.runtime.logs import logger
+from shared.runtime.metrics import Metrics
+from shared.runtime.model import Batch, Model, Prediction, TaskInput
+from shared.settings import Settings
+
+__all__ = ["Predictor", "Timing"]
+
+
+class Timing:
+    """Phase durations of one request, for the ``Server-Timing`` header and the metrics."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - started
+
+    def header(self, total: float) -> str:
+        if not self.phases:
+            return ""
+        parts = [f"{name};dur={seconds * 1000:.1f}" for name, seconds in self.phases.items()]
+        return ", ".join([*parts, f"total;dur={total * 1000:.1f}"])
+
+
+def _json_default(value: Any) -> Any:
+    # Model code hands back numpy scalars and arrays more often than not.
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _check_item(item: Any) -> Prediction:
+    if isinstance(item, TaskFailure):
+        return item
+    if isinstance(item, dict) and isinstance(item.get("result"), list):
+        return item
+    if isinstance(item, list) and item and all(isinstance(p, dict) and isinstance(p.get("result"), list) for p in item):
+        return item
+    raise TypeError(f"predict returned {type(item).__name__} for a task, not a prediction with a result list")
+
+
+def _credentials(request: PredictRequest) -> tuple[str, str] | None:
+    """The project's task-data login (basic auth for its non-Label-Studio URLs), if set."""
+    params = request.params
+    return (params.login, params.password) if params.login and params.password else None
+
+
+class Predictor:
+    def __init__(self, model: Model, settings: Settings, metrics: Metrics) -> None:
+        self.model = model
+        self.settings = settings
+        self.metrics = metrics
+        self.fetcher = ImageFetcher(settings, on_cache=metrics.cache_lookup)
+        # Pillow and numpy release the GIL while decoding: a batch decodes in parallel.
+        self._decode_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="lsfn-decode")
+
+    def run(self, request: PredictRequest, config: LabelConfig, timing: Timing, request_id: str) -> bytes:
+        """The encoded /predict answer; raises HTTPError for a failing interactive request."""
+        inputs = self._inputs(request, config, timing, request_id)
+        ready = [item for item in inputs if isinstance(item, TaskInput)]
+        predictions: list[Prediction | HTTPError] = []
+        if ready:
+            with timing.phase("predict"):
+                predictions = self._predict(ready, config, request, request_id)
+        answers = iter(predictions)
+        items: list[Prediction | HTTPError] = [next(answers) if isinstance(i, TaskInput) else i for i in inputs]
+
+        if request.is_interactive and len(items) == 1 and isinstance(items[0], HTTPError):
+            raise items[0]
+        out: list[dict[str, Any] | list[dict[str, Any]] | TaskFailure] = []
+        for item in items:
+            if isinstance(item, HTTPError):
+                out.append(TaskFailure(f"{item.error}: {item.detail}"))
+            elif isinstance(item, TaskFailure):
+                out.append(item)
+            else:
+                out.append(self._versioned(item))
+        failed = sum(isinstance(i, TaskFailure) for i in out)
+        self.metrics.tasks.labels("failed").inc(failed)
+        self.metrics.tasks.labels("predicted").inc(len(out) - failed)
+        with timing.phase("encode"):
+            body = json.dumps(predict_response(out), separators=(",", ":"), allow_nan=False, default=_json_default)
+        for name, seconds in timing.phases.items():
+            self.metrics.phases.labels(name).observe(seconds)
+        return body.encode()
+
+    def _versioned(self, item: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]]:
+        version = self.model.model_version
+        if isinstance(item, list):
+            return [p if "model_version" in p else {**p, "model_version": version} for p in item]
+        return item if "model_version" in item else {**item, "model_version": version}
+
+    def _task_error(self, exc: BaseException, task_id: int | None, request_id: str) -> HTTPError:
+        error = client_error(exc)
+        if error is None:
+            logger.error(
+                "task failed", exc_info=exc, extra={"request_id": request_id, "task_id": task_id}
+            )
+            return HTTPError(500, "internal error", f"task {task_id}: see the function's log (request {request_id})")
+        logger.warning(
+            "task failed", extra={"request_id": request_id, "task_id": task_id, "status": error.status, "detail": error.detail}
+        )
+        return error
+
+    # -- inputs: which task data to fetch, fetched and decoded concurrently ----------------------
+
+    def _inputs(
+        self, request: PredictRequest, config: LabelConfig, timing: Timing, request_id: str
+    ) -> list[TaskInput | HTTPError]:
+        # Objects some control labels (an Image shown only for reference is not fetched).
+        targets = {o.name: o for c in config.controls for o in c.objects if o.tag in self.model.fetch_objects}
+        credentials = _credentials(request)
+        wanted: list[tuple[int, str, str]] = []  # (task index, object name, value)
+        errors: dict[int, HTTPError] = {}
+        for index, task in enumerate(request.tasks):
+            for name, obj in targets.items():
+                key = obj.value_key or ""
+                value = task.data.get(key)
+                if not isinstance(value, str) or not value:
+                    problem = "has no" if value is None else "has a non-text"
+                    errors[index] = HTTPError(
+                        422, "invalid task", f"task {task.id}: data {problem} {key!r} field (<{obj.tag} name={name!r} value=${key}>)"
+                    )
+                    break
+                wanted.append((index, name, value))
+        wanted = [w for w in wanted if w[0] not in errors]
+
+        with timing.phase("fetch"):
+            fetched = self.fetcher.fetch_many([(v, request.tasks[i].id, credentials) for i, _, v in wanted])
+        decodable = [(w, data) for w, data in zip(wanted, fetched) if isinstance(data, bytes)]
+        with timing.phase("decode"):
+            decoded = list(self._decode_pool.map(self._decode, [data for _, data in decodable]))
+
+        images: dict[int, dict[str, DecodedImage]] = {}
+        outcomes = iter(decoded)
+        for (index, name, _), data in zip(wanted, fetched):
+            result = next(outcomes) if isinstance(data, bytes) else data
+            if index in errors:
+                continue
+            if isinstance(result, BaseException):
+                errors[index] = self._task_error(result, request.tasks[index].id, request_id)
+            else:
+                images.setdefault(index, {})[name] = result
+        return [
+            errors[i] if i in errors else TaskInput(task=task, images=images.get(i, {}))
+            for i, task in enumerate(request.tasks)
+        ]
+
+    def _decode(self, data: bytes) -> DecodedImage | BaseException:
+        try:
+            return decode_image(data, self.settings.max_image_pixels)
+        except Exception as exc:  # noqa: BLE001 - returned: one bad image fails only its task
+            return exc
+
+    # -- the model ------------------------------------------------------------------------------
+
+    def _predict(
+        self, inputs: Sequence[TaskInput], config: LabelConfig, request: PredictRequest, request_id: str
+    ) -> list[Prediction | HTTPError]:
+        credentials = _credentials(request)
+
+        def fetch(value: str, task_id: int | None) -> bytes:
+            return self.fetcher.fetch(value, task_id=task_id, credentials=credentials)
+
+        batch = Batch(tasks=inputs, label_config=config, request=request, fetch=fetch)
+        try:
+            out = list(self.model.predict(batch))
+            if len(out) != len(inputs):
+                raise RuntimeError(f"{self.model.model_class}.predict returned {len(out)} items for {len(inputs)} tasks")
+            checked: list[Prediction | HTTPError] = []
+            for item, task in zip(out, inputs):
+                try:
+                    checked.append(_check_item(item))
+                except TypeError as exc:
+                    checked.append(self._task_error(exc, task.id, request_id))
+            return checked
+        except (LabelConfigError, ProtocolError, HTTPError):
+            raise  # the request as a whole is wrong: every task would fail the same way
+        except Exception as exc:  # noqa: BLE001 - isolated below, task by task
+            if len(inputs) == 1:
+                return [self._task_error(exc, inputs[0].id, request_id)]
+        # One task sank the batch: run each alone so the others are still answered.
+        return [self._predict([task], config, request, request_id)[0] for task in inputs]
