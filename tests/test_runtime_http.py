@@ -667,6 +667,43 @@ def test_create_app_is_a_plain_wsgi_app(tmp_path: Path, label_studio: RecordingS
         server.shutdown()
 
 
+def test_functions_framework_target_serves_every_route(tmp_path: Path, label_studio: RecordingServer) -> None:
+    """`functions-framework --target handler`, as a Cloud Run source deploy runs it."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "MODEL_ROOT": str(tmp_path),
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": LEGACY_KEY,
+        "BASIC_AUTH_USER": USER,
+        "BASIC_AUTH_PASS": PASSWORD,
+    }
+    command = [str(Path(sys.executable).parent / "functions-framework"), "--source", str(BRIGHT), "--target", "handler"]
+    proc = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_listening(port, proc)
+        deadline = time.monotonic() + 30
+        while call("GET", url + "/health").status != 200:  # the first request starts the load
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        response = call("POST", url + "/predict", captured("req-0013-POST-predict.json"), basic())
+        assert response.status == 200 and len(response.json()["results"]) == 3
+        assert call("POST", url + "/setup", captured("req-0002-POST-setup.json"), basic()).json() == {"model_version": "bright-1"}
+        assert call("GET", url + "/versions", headers=basic()).status == 200
+        assert call("GET", url + "/metrics", headers=basic()).status == 200
+        assert call("POST", url + "/webhook", captured("req-0079-POST-webhook.json"), basic()).status == 200
+        assert call("GET", url + "/versions").status == 401
+        missing = call("GET", url + "/nowhere", headers=basic())
+        assert missing.status == 404 and missing.json()["error"] == "not found"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
 def test_serve_unknown_function_explains(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "shared.cli", "serve", "no-such-function"], cwd=ROOT, capture_output=True, text=True
