@@ -32,10 +32,11 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, LocationValueErro
 from urllib3.exceptions import NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.response import BaseHTTPResponse
+from urllib3.util import parse_url
 from urllib3.util.ssl_ import create_urllib3_context
 
 from shared.settings import Settings
-from shared.ssrf import AddressPolicy, ForbiddenURL
+from shared.ssrf import AddressPolicy, ForbiddenURL, display_url
 
 __all__ = ["CLOUD_SCHEMES", "FetchError", "ImageFetcher"]
 
@@ -90,17 +91,19 @@ class _Deadline:
         with _watch_lock:
             self._conn, self._sock = conn, conn.sock
             conn.deadline = self
-        if self._timer is None:
+        if self.fired:  # the time ran out between two requests (a redirect hop)
+            self._fire()
+        elif self._timer is None:
             self._timer = threading.Timer(max(self.remaining(), 0.0), self._fire)
             self._timer.daemon = True
             self._timer.start()
 
     def _fire(self) -> None:
         with _watch_lock:
+            self.fired = True
             # A connection back in the pool may already serve another fetch: leave it alone.
             if self._conn is None or self._conn.deadline is not self or self._sock is None:
                 return
-            self.fired = True
             try:
                 socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
             except OSError:
@@ -142,7 +145,7 @@ class _PinnedConnection:
         checked, refusal = [], None
         for family, _, _, _, address in infos:
             try:
-                self.policy.check_address(host, address[0])
+                self.policy.check_address(host, address[0], self.port)
                 checked.append((family, address))
             except ForbiddenURL as exc:
                 refusal = exc
@@ -268,19 +271,6 @@ def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").rstrip("."), parts.port or {"http": 80, "https": 443}.get(scheme)
 
 
-def _display(url: str) -> str:
-    """``scheme://host:port/path``: no user info, query or fragment (presigned URLs carry
-    their signature in the query)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(malformed URL)"
-    host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{host}{port}{parts.path}" if host else f"{parts.scheme}:{parts.path}"
-
-
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, NameResolutionError):
         return "the host name does not resolve"
@@ -300,6 +290,23 @@ def _discard(response: BaseHTTPResponse) -> None:
     else:
         response.close()
         response.release_conn()
+
+
+def _same_parse(url: str, parts: SplitResult) -> None:
+    """Refuse a URL whose host the standard library and urllib3 read differently: decisions
+    (is it Label Studio? the same origin?) are taken on one reading, the connection on the
+    other, so ``http://evil\\@label-studio/`` would carry Label Studio's token to evil."""
+    try:
+        theirs = parse_url(url)
+    except LocationValueError:
+        raise ForbiddenURL(f"malformed URL {display_url(url)}") from None
+    try:  # urllib3 reads an international name as its ASCII (punycode) form
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ForbiddenURL(f"malformed host name in {display_url(url)}") from None
+    ours = host.rstrip(".").lower(), parts.port
+    if ((theirs.host or "").strip("[]").rstrip(".").lower(), theirs.port) != ours:
+        raise ForbiddenURL(f"ambiguous URL {display_url(url)}: its host reads two ways")
 
 
 def _decode_data_url(url: str, limit: int) -> bytes:
@@ -371,7 +378,7 @@ class ImageFetcher:
         else:
             parts = self._policy.check_url(value)
             url, key = value, value
-            via_ls = self._ls_origin is not None and _origin(parts)[1:] == self._ls_origin[1:]
+            via_ls = self._ls_origin is not None and _origin(parts) == self._ls_origin
         basic = digest = None
         if credentials and any(credentials) and not via_ls:
             user, password = (str(part or "") for part in credentials)
@@ -382,7 +389,7 @@ class ImageFetcher:
             return self._cached((key, digest), lambda: self._load(url, via_ls, basic))
         except FetchError as exc:
             if scheme in CLOUD_SCHEMES:
-                raise FetchError(exc.status, f"{exc.message} (resolving {_display(value)})") from None
+                raise FetchError(exc.status, f"{exc.message} (resolving {display_url(value)})") from None
             raise
 
     def fetch_many(self, items: Sequence[tuple[str, int | None, tuple[str, str] | None]]) -> list[bytes | Exception]:
@@ -415,7 +422,7 @@ class ImageFetcher:
         return self._ls
 
     def _resolve_url(self, uri: str, task_id: int | None) -> str:
-        what = f"{_display(uri)} is a cloud storage URI"
+        what = f"{display_url(uri)} is a cloud storage URI"
         base = self._label_studio(what)
         if task_id is None:
             raise FetchError(422, f"{what} that Label Studio resolves per task, and no task id came with it")
@@ -440,7 +447,7 @@ class ImageFetcher:
             try:
                 return pending.result(timeout=self._settings.fetch_timeout + 1.0)
             except FutureTimeout:
-                raise FetchError(504, f"timed out waiting for {_display(key[0])}") from None
+                raise FetchError(504, f"timed out waiting for {display_url(key[0])}") from None
         try:
             data = load()
         except BaseException as exc:
@@ -470,10 +477,12 @@ class ImageFetcher:
             parts = self._policy.check_url(url)
             if parts.scheme.lower() not in ("http", "https"):
                 raise ForbiddenURL(f"a redirect to a {parts.scheme} URL is not followed")
+            _same_parse(url, parts)
             # Credentials go to the first origin only; once a redirect leaves it they stay off.
             same_origin = same_origin and _origin(parts) == origin
             auth = (self._auth.header(deadline) if via_ls else basic) if same_origin else None
-            headers = {"User-Agent": USER_AGENT}
+            # Ask for the bytes as stored: a compressed image gains nothing, a gzip bomb costs.
+            headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
             if auth:
                 headers["Authorization"] = auth
             with self._errors(url, deadline):
@@ -483,10 +492,10 @@ class ImageFetcher:
                     if status in _REDIRECT_STATUSES:
                         location = response.headers.get("Location", "").strip()
                         if not location:
-                            raise FetchError(502, f"{_display(url)} answered {status} without a Location")
+                            raise FetchError(502, f"{display_url(url)} answered {status} without a Location")
                         hops += 1
                         if hops > MAX_REDIRECTS:
-                            raise FetchError(502, f"more than {MAX_REDIRECTS} redirects fetching {_display(url)}")
+                            raise FetchError(502, f"more than {MAX_REDIRECTS} redirects fetching {display_url(url)}")
                         url = urljoin(url, location)
                         continue
                     if status == 401 and via_ls and same_origin and not retried and self._auth.refused(auth):
@@ -538,12 +547,14 @@ class ImageFetcher:
     def _read_body(self, response: BaseHTTPResponse, url: str, deadline: _Deadline, limit: int) -> bytes:
         length = response.headers.get("Content-Length", "").strip()
         if length.isdigit() and int(length) > limit:
-            raise FetchError(413, f"{_display(url)} is {int(length)} bytes, more than MAX_IMAGE_BYTES ({limit})")
+            raise FetchError(413, f"{display_url(url)} is {int(length)} bytes, more than MAX_IMAGE_BYTES ({limit})")
         body = bytearray()
         while chunk := response.read(_CHUNK):
             body += chunk
             if len(body) > limit:
-                raise FetchError(413, f"{_display(url)} is larger than MAX_IMAGE_BYTES ({limit} bytes)")
+                raise FetchError(413, f"{display_url(url)} is larger than MAX_IMAGE_BYTES ({limit} bytes)")
+            if deadline.remaining() <= 0:
+                raise self._timeout(url)
         if deadline.fired:  # a socket shut down by the deadline reads as the end of the body
             raise self._timeout(url)
         return bytes(body)
@@ -553,10 +564,10 @@ class ImageFetcher:
             hint = ("check LABEL_STUDIO_API_KEY" if self._auth.key else
                     "set LABEL_STUDIO_API_KEY (Label Studio serves task files to authenticated callers only)")
             return FetchError(502, f"Label Studio answered {status} for {urlsplit(url).path}: {hint}")
-        return FetchError(502, f"{_display(url)} answered HTTP {status}")
+        return FetchError(502, f"{display_url(url)} answered HTTP {status}")
 
     def _timeout(self, url: str) -> FetchError:
-        return FetchError(504, f"fetching {_display(url)} took longer than FETCH_TIMEOUT "
+        return FetchError(504, f"fetching {display_url(url)} took longer than FETCH_TIMEOUT "
                                f"({self._settings.fetch_timeout:g} s)")
 
     @contextmanager
@@ -565,9 +576,9 @@ class ImageFetcher:
         try:
             yield
         except LocationValueError:
-            raise FetchError(422, f"cannot fetch {_display(url)}: malformed URL") from None
+            raise FetchError(422, f"cannot fetch {display_url(url)}: malformed URL") from None
         except (HTTPError, http.client.HTTPException, OSError) as exc:
             timed_out = isinstance(exc, Urllib3Timeout) and not isinstance(exc, NewConnectionError)
             if timed_out or deadline.remaining() <= 0:
                 raise self._timeout(url) from None
-            raise FetchError(502, f"cannot fetch {_display(url)}: {_reason(exc)}") from None
+            raise FetchError(502, f"cannot fetch {display_url(url)}: {_reason(exc)}") from None

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -93,6 +93,16 @@ class Settings(BaseSettings):
             value = value.strip().rstrip("/")
             return value or None
         return value
+
+    @model_validator(mode="after")
+    def _auth_complete(self) -> "Settings":
+        # Half of a credential pair must not silently leave every route open.
+        has_user = bool(self.basic_auth_user)
+        has_pass = bool(self.basic_auth_pass and self.basic_auth_pass.get_secret_value())
+        if has_user != has_pass:
+            missing = "BASIC_AUTH_PASS" if has_user else "BASIC_AUTH_USER"
+            raise ValueError(f"basic auth is half configured: set {missing} too, or neither")
+        return self
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:

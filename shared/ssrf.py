@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
-__all__ = ["AddressPolicy", "ForbiddenURL", "is_public_address"]
+__all__ = ["AddressPolicy", "ForbiddenURL", "display_url", "is_public_address"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -39,6 +39,13 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     return None
 
 
+# Ranges the ipaddress module of some Python versions counts as global: IPv4-compatible and
+# IPv4-translated IPv6, local-use NAT64, deprecated site-local.
+_NOT_GLOBAL = tuple(
+    ipaddress.IPv6Network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "fec0::/10")
+)
+
+
 def is_public_address(address: IPAddress | str) -> bool:
     """True for globally routable unicast addresses: not loopback, link-local, private,
     unique-local, shared (CGNAT), unspecified, multicast or reserved, also when an IPv6
@@ -48,7 +55,22 @@ def is_public_address(address: IPAddress | str) -> bool:
         inner = _embedded_ipv4(ip)
         if inner is not None:
             return is_public_address(inner)
+        if any(ip in network for network in _NOT_GLOBAL):
+            return False
     return ip.is_global and not ip.is_multicast
+
+
+def display_url(url: str) -> str:
+    """``scheme://host:port/path`` for messages: no user info, query or fragment (presigned
+    URLs carry their signature in the query)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(malformed URL)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}{parts.path}" if host else f"{parts.scheme}:{parts.path[:40]}"
 
 
 def _host_key(host: str) -> str:
@@ -58,11 +80,13 @@ def _host_key(host: str) -> str:
 
 @dataclass(frozen=True)
 class AddressPolicy:
-    """Which URLs may be fetched: public addresses, plus the allowed hosts and networks
-    (Label Studio's host is always among the allowed hosts)."""
+    """Which URLs may be fetched: public addresses, Label Studio's host on its own port, and
+    the allowed hosts and networks on any port."""
 
     allowed_hosts: frozenset[str] = frozenset()
     allowed_networks: tuple[IPNetwork, ...] = ()
+    # (host, port) of Label Studio: only its own port, not every service on its machine.
+    label_studio: tuple[str, int] | None = None
 
     @classmethod
     def build(
@@ -72,10 +96,12 @@ class AddressPolicy:
         networks (``files.internal``, ``10.0.0.7``, ``10.1.0.0/16``)."""
         hosts: set[str] = set()
         networks: list[IPNetwork] = []
+        label_studio = None
         if label_studio_url:
-            host = urlsplit(label_studio_url).hostname
-            if host:
-                hosts.add(_host_key(host))
+            parts = urlsplit(label_studio_url)
+            if parts.hostname:
+                default = 443 if parts.scheme.lower() == "https" else 80
+                label_studio = (_host_key(parts.hostname), parts.port or default)
         for entry in allowed:
             entry = entry.strip()
             if not entry:
@@ -84,7 +110,7 @@ class AddressPolicy:
                 networks.append(ipaddress.ip_network(_host_key(entry), strict=False))
             except ValueError:
                 hosts.add(_host_key(entry))
-        return cls(frozenset(hosts), tuple(networks))
+        return cls(frozenset(hosts), tuple(networks), label_studio)
 
     def host_allowed(self, host: str) -> bool:
         return _host_key(host) in self.allowed_hosts
@@ -95,22 +121,24 @@ class AddressPolicy:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError on a malformed port
         except ValueError as exc:
-            raise ForbiddenURL(f"malformed URL {url!r}: {exc}") from None
+            raise ForbiddenURL(f"malformed URL {display_url(url)}: {exc}") from None
         scheme = parts.scheme.lower()
         if scheme not in SCHEMES:
             raise ForbiddenURL(f"URL scheme {scheme or '(none)'!r} is not fetched: only http, https and data")
         if scheme != "data" and not parts.hostname:
-            raise ForbiddenURL(f"URL {url!r} has no host")
+            raise ForbiddenURL(f"URL {display_url(url)} has no host")
         return parts
 
-    def check_address(self, host: str, address: IPAddress | str) -> None:
-        """Refuse connecting to ``address`` (the one actually connected to) for ``host``."""
+    def check_address(self, host: str, address: IPAddress | str, port: int | None = None) -> None:
+        """Refuse connecting to ``address`` (the one actually connected to) for ``host``:``port``."""
         ip = ipaddress.ip_address(address) if isinstance(address, str) else address
         if is_public_address(ip) or self.host_allowed(host):
             return
+        if self.label_studio is not None and (_host_key(host), port) == self.label_studio:
+            return
         if any(ip in network for network in self.allowed_networks if network.version == ip.version):
             return
+        # The address itself is left out: task authors must not map internal DNS through it.
         raise ForbiddenURL(
-            f"host {host!r} resolves to {ip}, a non-public address; add it to the allowed "
-            "hosts to fetch from it"
+            f"host {host!r} resolves to a non-public address; add it to FETCH_ALLOWED_HOSTS to fetch from it"
         )

@@ -73,11 +73,17 @@ class RecordingServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        server_class = ThreadingHTTPServer
+        if ":" in host:  # an IPv6 address
+
+            class server_class(ThreadingHTTPServer):  # type: ignore[no-redef]
+                address_family = socket.AF_INET6
+
+        self.httpd = server_class((host, 0), Handler)
         self.httpd.daemon_threads = True
         self.host = host
         self.port = self.httpd.server_address[1]
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 

@@ -389,6 +389,28 @@ def test_loopback_is_refused_unless_it_is_label_studio(servers, fetchers, connec
     assert elsewhere.connections() == 0 and same_address.connections() == 0
 
 
+def test_label_studio_host_is_allowed_on_its_own_port_only(servers, fetchers, connections) -> None:
+    ls, other_service = servers(), Listener("127.0.0.1")  # say, Redis beside Label Studio
+    fetcher = fetchers(LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=LEGACY_KEY)
+    with pytest.raises(ForbiddenURL):
+        fetcher.fetch(f"http://127.0.0.1:{other_service.port}/")
+    assert connections == [] and other_service.connections() == 0
+
+
+@pytest.mark.parametrize("how", ["task URL", "redirect"])
+def test_a_url_whose_host_reads_two_ways_never_gets_the_token(servers, fetchers, connections, how: str) -> None:
+    """``http://evil\\@ls/`` is Label Studio to urlsplit and evil to urllib3."""
+    ls, evil = servers(), servers("127.0.0.2")
+    evil.routes["/x.jpg"] = serve(IMAGE)
+    tricky = f"http://127.0.0.2:{evil.port}\\@127.0.0.1:{ls.port}/x.jpg"
+    ls.routes["/data/upload/1/x.jpg"] = redirect(tricky)
+    fetcher = fetchers(LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=LEGACY_KEY, FETCH_ALLOWED_HOSTS="127.0.0.2")
+    with pytest.raises(ForbiddenURL, match="ambiguous"):
+        fetcher.fetch(tricky if how == "task URL" else "/data/upload/1/x.jpg")
+    assert evil.requests == []
+    assert connections == ([] if how == "task URL" else [("127.0.0.1", ls.port)])
+
+
 @pytest.mark.parametrize("target", ["metadata", "loopback", "file", "data"])
 def test_redirects_are_checked_at_every_hop(servers, fetchers, connections, target: str) -> None:
     ls, forbidden = servers(), Listener("127.0.0.2")

@@ -180,6 +180,21 @@ def forbidden() -> Iterator[RecordingServer]:
 
 
 @pytest.fixture(scope="module")
+def loopback() -> Iterator[list[RecordingServer]]:
+    """Listeners on Label Studio's own address (other ports) and on ::1: never to be contacted."""
+    servers = [RecordingServer("127.0.0.1")]
+    try:
+        servers.append(RecordingServer("::1"))
+    except OSError:  # no IPv6 loopback here
+        pass
+    for server in servers:
+        server.routes["/img.png"] = Answer(200, IMG0)
+    yield servers
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture(scope="module")
 def files_host() -> Iterator[RecordingServer]:
     """An allowed non-Label-Studio file host that needs the project's task-data login."""
     server = RecordingServer("127.0.0.3")
@@ -243,7 +258,7 @@ def test_listens_before_the_model_loads_and_predict_waits_for_it(
     tmp_path: Path, label_studio: RecordingServer
 ) -> None:
     env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": LEGACY_KEY}
-    fn = Function(tmp_path, env, {"threshold": 0.8, "load_seconds": 3})
+    fn = Function(tmp_path, env, {"threshold": 0.8, "load_seconds": 3, "fit_seconds": 1.5})
     try:
         loading = call("GET", fn.url + "/health")
         assert loading.status == 503
@@ -258,9 +273,11 @@ def test_listens_before_the_model_loads_and_predict_waits_for_it(
         assert call("GET", fn.url + "/health").status == 200
         ready = [r for r in fn.logs() if r.get("message") == "model ready"]
         assert ready and ready[0]["load_seconds"] >= 3
-        # Without auth configured, webhooks need no credentials.
+        # Without auth configured, webhooks need no credentials; a slow fit() runs after the
+        # answer (Label Studio waits one second, inside the annotator's save).
         webhook = call("POST", fn.url + "/webhook", captured("req-0010-POST-webhook.json"))
         assert webhook.status == 200 and webhook.json()["status"] == "queued"
+        assert not (fn.model_root / "fitted.jsonl").exists()
         assert fitted(fn, 1)[0]["action"] == "TASKS_CREATED"
     finally:
         fn.close()
@@ -279,16 +296,21 @@ def test_predict_gives_up_waiting_for_a_slow_load(tmp_path: Path) -> None:
 
 
 def test_failed_load_is_reported_not_hidden(tmp_path: Path) -> None:
-    fn = Function(tmp_path, {}, params="{not json")  # setup() fails on it
+    auth = {"BASIC_AUTH_USER": USER, "BASIC_AUTH_PASS": PASSWORD}
+    fn = Function(tmp_path, auth, params="{not json")  # setup() fails on it
     try:
         deadline = time.monotonic() + 30
-        while (health := call("GET", fn.url + "/health")).json()["status"] == "LOADING":
+        while (health := call("GET", fn.url + "/health", headers=basic())).json()["status"] == "LOADING":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert health.status == 503
         assert health.json()["status"] == "FAILED"
         assert "JSONDecodeError" in health.json()["detail"]
-        response = call("POST", fn.url + "/predict", predict_body([{"image": "data:,x"}]))
+        # The reason may name files in the image: callers without credentials do not see it.
+        anonymous = call("GET", fn.url + "/health")
+        assert anonymous.status == 503 and anonymous.json()["status"] == "FAILED"
+        assert "JSONDecodeError" not in anonymous.data.decode()
+        response = call("POST", fn.url + "/predict", predict_body([{"image": "data:,x"}]), basic())
         assert response.status == 503
         assert response.json()["error"] == "model failed to load"
         assert any(r.get("message") == "model failed to load" and "exception" in r for r in fn.logs())
@@ -364,6 +386,7 @@ def test_batch_with_broken_tasks_answers_the_others(function: Function, forbidde
         {"image": "/data/upload/2/bomb.png"},
         {"image": f"{forbidden.url}/img.png"},
         {"image": "/data/upload/2/4c9e6096-img2.png"},
+        {"image": "/data/upload/2/0e768658-img0.png", "nan": True},  # not encodable as JSON
     ]
     response = call("POST", function.url + "/predict", predict_body(tasks), basic())
     assert response.status == 200, response.data
@@ -382,10 +405,25 @@ def test_batch_with_broken_tasks_answers_the_others(function: Function, forbidde
     assert "image" in results[4]["error"].lower()
     assert "12000x12000" in results[5]["error"]
     assert "forbidden" in results[6]["error"]
+    assert "internal error" in results[8]["error"]
     assert forbidden.hits == []
     # The exploding task is logged with its id and the traceback, and the body has no traceback.
     assert any(r.get("task_id") == 101 and "RuntimeError" in r.get("exception", "") for r in function.logs())
     assert "Traceback" not in response.data.decode()
+
+
+def test_a_large_batch_is_answered_in_task_order(function: Function) -> None:
+    """More tasks than are predicted together: worked through in chunks, answered in order."""
+    images = ["/data/upload/2/11524fb9-img1.jpg", "/data/upload/2/0e768658-img0.png", "/data/upload/2/4c9e6096-img2.png"]
+    tasks: list[dict[str, Any]] = [{"image": images[i % 3]} for i in range(21)]
+    tasks[10] = {"image": "/data/upload/2/missing.png"}
+    response = call("POST", function.url + "/predict", predict_body(tasks), basic())
+    results = response.json()["results"]
+    assert len(results) == 21 and "error" in results[10]
+    expected = {0: 64, 1: 80, 2: 100}
+    for i, item in enumerate(results):
+        if i != 10:
+            assert item["result"][0]["original_width"] == expected[i % 3], i
 
 
 def test_interactive_failure_is_an_http_error(function: Function) -> None:
@@ -396,6 +434,8 @@ def test_interactive_failure_is_an_http_error(function: Function) -> None:
     assert response.json()["error"] == "image too large"
     body["tasks"][0]["data"] = {"image": "/data/upload/2/missing.png"}
     assert call("POST", function.url + "/predict", body, basic()).status == 502
+    body["tasks"][0]["data"] = {"image": "/data/upload/2/11524fb9-img1.jpg", "nan": True}
+    assert call("POST", function.url + "/predict", body, basic()).status == 500
     body["tasks"][0]["data"] = {"image": "/data/upload/2/11524fb9-img1.jpg", "explode": True}
     response = call("POST", function.url + "/predict", body, basic())
     assert response.status == 500
@@ -418,26 +458,31 @@ def test_project_login_is_basic_auth_for_its_file_host(function: Function, files
     "url",
     [
         "http://127.0.0.2:{port}/img.png",  # loopback, not allowed
-        "http://localhost:{port}/img.png",  # a name resolving to loopback
+        "http://127.0.0.1:{lo}/img.png",  # Label Studio's address, another port: another service
+        "http://localhost:{lo}/img.png",  # a name resolving to loopback
+        "http://0.0.0.0:{lo}/img.png",  # the unspecified address reaches local listeners
+        "http://[::1]:{lo6}/img.png",
         "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token",
         "http://10.0.0.1/img.png",
         "http://192.168.1.1/img.png",
         "http://172.16.0.1/img.png",
         "http://[fd00::1]/img.png",
-        "http://[::1]:{port}/img.png",
-        "http://0.0.0.0:{port}/img.png",
         "file:///etc/passwd",
         "gopher://127.0.0.1:25/",
     ],
 )
-def test_ssrf_targets_are_refused_and_never_contacted(function: Function, forbidden: RecordingServer, url: str) -> None:
-    before = len(forbidden.hits)
+def test_ssrf_targets_are_refused_and_never_contacted(
+    function: Function, forbidden: RecordingServer, loopback: list[RecordingServer], url: str
+) -> None:
+    listeners = [forbidden, *loopback]
+    before = [len(server.hits) for server in listeners]
     body = captured("req-0067-POST-predict.json")
-    body["tasks"][0]["data"] = {"image": url.format(port=forbidden.port)}
+    lo6 = loopback[1].port if len(loopback) > 1 else 1
+    body["tasks"][0]["data"] = {"image": url.format(port=forbidden.port, lo=loopback[0].port, lo6=lo6)}
     response = call("POST", function.url + "/predict", body, basic())
     assert response.status == 422, response.data
     assert response.json()["error"] == "forbidden URL"
-    assert len(forbidden.hits) == before
+    assert [len(server.hits) for server in listeners] == before
 
 
 def test_ssrf_redirect_from_an_allowed_host_is_refused(
@@ -548,7 +593,8 @@ def test_webhooks(function: Function) -> None:
 )
 def test_basic_auth(function: Function, method: str, path: str, body: str | None) -> None:
     payload = captured(body) if body else None
-    for headers in ({}, basic(password="wrong"), basic(user="other"), {"Authorization": f"Token {LEGACY_KEY}"}):
+    wrong = ({}, basic(password="wrong"), basic(user="other"), {"Authorization": f"Token {LEGACY_KEY}"})
+    for headers in (*wrong, {"X-Webhook-Secret": SECRET}):  # the webhook's secret opens only /webhook
         response = call(method, function.url + path, payload, headers)
         assert response.status == 401, headers
         assert response.headers["WWW-Authenticate"].startswith("Basic ")
@@ -588,7 +634,7 @@ def test_error_statuses(function: Function) -> None:
     assert "tasks" in cases[7][0].json()["detail"]
 
 
-def test_oversized_body_is_refused_before_it_is_read(function: Function) -> None:
+def test_oversized_body_is_refused(function: Function) -> None:
     body = predict_body([{"image": "data:image/png;base64," + base64.b64encode(os.urandom(800_000)).decode()}])
     response = call("POST", function.url + "/predict", body, basic())
     assert response.status == 413
@@ -623,6 +669,7 @@ def test_request_id_is_echoed_and_logged(function: Function) -> None:
 def test_metrics_exposition(function: Function) -> None:
     call("POST", function.url + "/predict", captured("req-0067-POST-predict.json"), basic())
     call("GET", function.url + "/nowhere", headers=basic())
+    assert HTTP.request("FROB", function.url + "/health").status == 405
     response = call("GET", function.url + "/metrics", headers=basic())
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain")
@@ -633,6 +680,8 @@ def test_metrics_exposition(function: Function) -> None:
     assert 'lsfn_errors_total{error="404",route="unknown"}' in text
     assert 'lsfn_predict_phase_seconds_count{phase="fetch"}' in text
     assert "lsfn_model_ready 1.0" in text
+    # Methods are a fixed label set: a client cannot grow the metrics with made-up ones.
+    assert 'method="other",route="health",status="405"' in text and "FROB" not in text
 
 
 # -- the WSGI app without functions-framework, and the CLI ----------------------------------------------------

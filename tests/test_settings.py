@@ -55,9 +55,12 @@ def test_reads_the_runtime_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_concurrent_predictions == 4
 
 
-def test_basic_auth_needs_both_parts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BASIC_AUTH_USER", "u")
-    assert Settings().basic_auth is None
+@pytest.mark.parametrize(("given", "missing"), [("BASIC_AUTH_USER", "BASIC_AUTH_PASS"), ("BASIC_AUTH_PASS", "BASIC_AUTH_USER")])
+def test_half_configured_basic_auth_is_refused(monkeypatch: pytest.MonkeyPatch, given: str, missing: str) -> None:
+    # Half a credential pair must not leave every route open without a word.
+    monkeypatch.setenv(given, "u")
+    with pytest.raises(ValidationError, match=missing):
+        Settings()
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,10 @@ FORBIDDEN = [
     "::ffff:127.0.0.1",
     "2002:a9fe:a9fe::",  # 6to4 of 169.254.169.254
     "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+    "::a9fe:a9fe",  # IPv4-compatible
+    "::ffff:0:a9fe:a9fe",  # IPv4-translated
+    "64:ff9b:1::a9fe:a9fe",  # local-use NAT64
+    "fec0::1",  # site-local
 ]
 PUBLIC = ["8.8.8.8", "151.101.1.69", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
 
@@ -49,7 +53,13 @@ def test_label_studio_host_and_allow_list_open_private_addresses() -> None:
     policy = AddressPolicy.build(
         "http://Label-Studio.internal:8080/", ["files.local.", " 10.9.0.0/16 ", "[fd00::7]", ""]
     )
-    policy.check_address("label-studio.internal", "10.0.0.5")
+    policy.check_address("label-studio.internal", "10.0.0.5", 8080)
+    with pytest.raises(ForbiddenURL):  # Label Studio's host, but another service on it
+        policy.check_address("label-studio.internal", "10.0.0.5", 6379)
+    with pytest.raises(ForbiddenURL) as refused:
+        policy.check_address("label-studio.internal", "10.0.0.5")
+    assert "10.0.0.5" not in str(refused.value)
+    policy.check_address("FILES.LOCAL", "127.0.0.1", 6379)  # allow-listed: any port
     policy.check_address("FILES.LOCAL", "127.0.0.1")
     policy.check_address("other.host", "10.9.200.1")
     policy.check_address("other.host", "fd00::7")
@@ -68,11 +78,18 @@ def test_label_studio_host_and_allow_list_open_private_addresses() -> None:
         ("http:///nohost", "no host"),
         ("http://host:99999/x", "malformed"),
         ("http://[::1/x", "malformed"),
+        ("ftp://user:pw@host/x?sig=abc", "scheme 'ftp'"),
     ],
 )
 def test_urls_refused_by_form(url: str, message: str) -> None:
     with pytest.raises(ForbiddenURL, match=re.escape(message)):
         AddressPolicy().check_url(url)
+
+
+def test_refusals_do_not_echo_secrets() -> None:
+    with pytest.raises(ForbiddenURL) as refused:
+        AddressPolicy().check_url("http://user:pw@host:99999/x?X-Amz-Signature=abc")
+    assert "pw" not in str(refused.value) and "abc" not in str(refused.value)
 
 
 def test_urls_accepted_by_form() -> None:

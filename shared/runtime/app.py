@@ -37,6 +37,11 @@ __all__ = ["Runtime", "create_app", "http_target"]
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 _WWW_AUTHENTICATE = 'Basic realm="lsfn", charset="UTF-8"'
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Parsing JSON takes about twenty times the body in memory: bodies above this size are parsed
+# a few at a time, so a burst of large ones cannot take the instance's memory.
+_LARGE_BODY = 1 << 20
+_LARGE_BODIES_AT_ONCE = 2
 _DRAIN_BYTES = 64 << 20  # how much of an oversized body is read and dropped before the 413
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Events Label Studio sends (PROTOCOL.md §5): anything else is counted as "other" so a client
@@ -57,6 +62,7 @@ class Call:
 
     request: Request
     body: Any
+    body_bytes: int
     request_id: str
     timing: Timing
     authorized: bool
@@ -93,6 +99,9 @@ class Runtime:
         self.predictor = Predictor(self.model, self.settings, self.metrics)
         self.fit_queue = FitQueue(self.model, self.loader, self.metrics)
         self._slots = threading.BoundedSemaphore(self.settings.max_concurrent_predictions)
+        self._large_bodies = threading.BoundedSemaphore(_LARGE_BODIES_AT_ONCE)
+        if self.settings.webhook_secret and self.settings.basic_auth is None:
+            logger.warning("WEBHOOK_SECRET is set without BASIC_AUTH_USER/BASIC_AUTH_PASS: only /webhook is protected")
         get, post = frozenset({"GET", "HEAD"}), frozenset({"POST"})
         self.routes = {
             "/": Route("health", get, self.health, public=True),
@@ -131,8 +140,8 @@ class Runtime:
             if request.method not in route.methods:
                 allowed = ", ".join(sorted(route.methods))
                 raise HTTPError(405, "method not allowed", f"{path} accepts {allowed}", {"Allow": allowed})
-            body = self._read_json(request) if route.reads_json else None
-            response = route.handler(Call(request, body, request_id, timing, authorized))
+            body, size = self._read_json(request) if route.reads_json else (None, 0)
+            response = route.handler(Call(request, body, size, request_id, timing, authorized))
         except Exception as exc:  # noqa: BLE001 - a bug must answer 500, never take the process down
             error = client_error(exc)
             if error is None:
@@ -145,7 +154,8 @@ class Runtime:
         server_timing = timing.header(elapsed)
         if server_timing:
             response.headers["Server-Timing"] = server_timing
-        self.metrics.observe_request(route_name, request.method, response.status_code, elapsed)
+        method = request.method if request.method in _KNOWN_METHODS else "other"  # bounded labels
+        self.metrics.observe_request(route_name, method, response.status_code, elapsed)
         # Label Studio polls /health often: keep it out of the default log level.
         level = 10 if route_name == "health" and response.status_code < 400 else 20
         logger.log(
@@ -198,7 +208,8 @@ class Runtime:
             401, "unauthorized", "basic auth credentials missing or wrong", {"WWW-Authenticate": _WWW_AUTHENTICATE}
         )
 
-    def _read_json(self, request: Request) -> Any:
+    def _read_json(self, request: Request) -> tuple[Any, int]:
+        """The parsed JSON body and its size in bytes."""
         mimetype = request.mimetype
         if mimetype != "application/json" and not mimetype.endswith("+json"):
             raise HTTPError(415, "unsupported media type", f"the body must be application/json, not {mimetype or 'missing'!r}")
@@ -219,8 +230,16 @@ class Runtime:
             raise HTTPError(
                 413, "body too large", f"the body is larger than {limit} bytes (MAX_BODY_BYTES)", {"Connection": "close"}
             )
+        data = b"".join(chunks)
         try:
-            return json.loads(b"".join(chunks))
+            if size <= _LARGE_BODY:
+                return json.loads(data), size
+            if not self._large_bodies.acquire(timeout=30):
+                raise HTTPError(503, "busy", "too many large bodies are being read", {"Retry-After": "2"})
+            try:
+                return json.loads(data), size
+            finally:
+                self._large_bodies.release()
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
             raise HTTPError(400, "malformed JSON", str(exc)[:300]) from None
 
@@ -265,8 +284,8 @@ class Runtime:
             raise HTTPError(
                 503, "overloaded", f"{limit} predictions are running (MAX_CONCURRENT_PREDICTIONS)", {"Retry-After": "1"}
             )
-        self.metrics.in_flight.inc()
         try:
+            self.metrics.in_flight.inc()
             self._wait_ready()
             body = self.predictor.run(request, config, call.timing, call.request_id)
         finally:
@@ -290,7 +309,7 @@ class Runtime:
             self.metrics.webhooks.labels(action, "ignored").inc()
             return _json(200, {"status": "ignored", "detail": f"{self.model.model_class} does not train"})
         job = uuid.uuid4().hex
-        if not self.fit_queue.submit(event, job):
+        if not self.fit_queue.submit(event, job, call.body_bytes):
             self.metrics.webhooks.labels(action, "refused").inc()
             raise HTTPError(503, "training queue full", "events arrive faster than fit() handles them", {"Retry-After": "5"})
         self.metrics.webhooks.labels(action, "queued").inc()

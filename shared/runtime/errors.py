@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from werkzeug.exceptions import HTTPException
+
 from shared.image_decode import ImageError, ImageTooLarge
 from shared.images import FetchError
 from shared.label_config import LabelConfigError
@@ -40,6 +42,9 @@ def client_error(exc: BaseException) -> HTTPError | None:
     None for anything else, which is a bug answered 500."""
     if isinstance(exc, HTTPError):
         return exc
+    if isinstance(exc, HTTPException) and exc.code and 400 <= exc.code < 500:
+        # Raised by werkzeug while reading the request (a client gone mid-body, say).
+        return HTTPError(exc.code, "bad request", exc.description)
     if isinstance(exc, ProtocolError):
         return HTTPError(422, "invalid request", str(exc))
     if isinstance(exc, LabelConfigError):

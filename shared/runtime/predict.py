@@ -21,14 +21,17 @@ import numpy as np
 from shared.image_decode import DecodedImage, decode_image
 from shared.images import ImageFetcher
 from shared.label_config import LabelConfig, LabelConfigError
-from shared.protocol import PredictRequest, ProtocolError, TaskFailure, predict_response
+from shared.protocol import PredictRequest, ProtocolError, Task, TaskFailure, predict_response
 from shared.runtime.errors import HTTPError, client_error
 from shared.runtime.logs import logger
 from shared.runtime.metrics import Metrics
 from shared.runtime.model import Batch, Model, Prediction, TaskInput
 from shared.settings import Settings
 
-__all__ = ["Predictor", "Timing"]
+__all__ = ["CHUNK_TASKS", "Predictor", "Timing"]
+
+# Tasks fetched, decoded and predicted together; a batch larger than this goes in chunks.
+CHUNK_TASKS = 8
 
 
 class Timing:
@@ -61,6 +64,10 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _encode(item: Any) -> str:
+    return json.dumps(item, separators=(",", ":"), allow_nan=False, default=_json_default)
+
+
 def _check_item(item: Any) -> Prediction:
     if isinstance(item, TaskFailure):
         return item
@@ -88,33 +95,44 @@ class Predictor:
 
     def run(self, request: PredictRequest, config: LabelConfig, timing: Timing, request_id: str) -> bytes:
         """The encoded /predict answer; raises HTTPError for a failing interactive request."""
-        inputs = self._inputs(request, config, timing, request_id)
-        ready = [item for item in inputs if isinstance(item, TaskInput)]
-        predictions: list[Prediction | HTTPError] = []
-        if ready:
-            with timing.phase("predict"):
-                predictions = self._predict(ready, config, request, request_id)
-        answers = iter(predictions)
-        items: list[Prediction | HTTPError] = [next(answers) if isinstance(i, TaskInput) else i for i in inputs]
+        tasks = request.tasks
+        items: list[Prediction | HTTPError] = []
+        # Label Studio sends every selected task in one request: work through them a few at a
+        # time, so the decoded images of a large batch never sit in memory together.
+        for start in range(0, len(tasks), CHUNK_TASKS):
+            chunk = tasks[start : start + CHUNK_TASKS]
+            inputs = self._inputs(chunk, request, config, timing, request_id)
+            ready = [item for item in inputs if isinstance(item, TaskInput)]
+            predictions: list[Prediction | HTTPError] = []
+            if ready:
+                with timing.phase("predict"):
+                    predictions = self._predict(ready, config, request, request_id)
+            answers = iter(predictions)
+            items.extend(next(answers) if isinstance(i, TaskInput) else i for i in inputs)
+            del inputs, ready, predictions  # the decoded images of this chunk
 
-        if request.is_interactive and len(items) == 1 and isinstance(items[0], HTTPError):
-            raise items[0]
-        out: list[dict[str, Any] | list[dict[str, Any]] | TaskFailure] = []
-        for item in items:
-            if isinstance(item, HTTPError):
-                out.append(TaskFailure(f"{item.error}: {item.detail}"))
-            elif isinstance(item, TaskFailure):
-                out.append(item)
-            else:
-                out.append(self._versioned(item))
-        failed = sum(isinstance(i, TaskFailure) for i in out)
-        self.metrics.tasks.labels("failed").inc(failed)
-        self.metrics.tasks.labels("predicted").inc(len(out) - failed)
+        interactive = request.is_interactive and len(items) == 1
+        encoded: list[str] = []
+        failed = 0
         with timing.phase("encode"):
-            body = json.dumps(predict_response(out), separators=(",", ":"), allow_nan=False, default=_json_default)
+            for task, item in zip(tasks, items):
+                if not isinstance(item, (HTTPError, TaskFailure)):
+                    try:  # each task alone: one bad value (a NaN score) fails only its task
+                        encoded.append(_encode(self._versioned(item)))
+                        continue
+                    except (TypeError, ValueError) as exc:
+                        item = self._task_error(exc, task.id, request_id)
+                if isinstance(item, TaskFailure):
+                    item = HTTPError(422, "task failed", item.message)
+                if interactive:
+                    raise item
+                failed += 1
+                encoded.append(_encode(predict_response([TaskFailure(f"{item.error}: {item.detail}")])["results"][0]))
+        self.metrics.tasks.labels("failed").inc(failed)
+        self.metrics.tasks.labels("predicted").inc(len(items) - failed)
         for name, seconds in timing.phases.items():
             self.metrics.phases.labels(name).observe(seconds)
-        return body.encode()
+        return ('{"results":[' + ",".join(encoded) + "]}").encode()
 
     def _versioned(self, item: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]]:
         version = self.model.model_version
@@ -137,14 +155,14 @@ class Predictor:
     # -- inputs: which task data to fetch, fetched and decoded concurrently ----------------------
 
     def _inputs(
-        self, request: PredictRequest, config: LabelConfig, timing: Timing, request_id: str
+        self, tasks: Sequence[Task], request: PredictRequest, config: LabelConfig, timing: Timing, request_id: str
     ) -> list[TaskInput | HTTPError]:
         # Objects some control labels (an Image shown only for reference is not fetched).
         targets = {o.name: o for c in config.controls for o in c.objects if o.tag in self.model.fetch_objects}
         credentials = _credentials(request)
         wanted: list[tuple[int, str, str]] = []  # (task index, object name, value)
         errors: dict[int, HTTPError] = {}
-        for index, task in enumerate(request.tasks):
+        for index, task in enumerate(tasks):
             for name, obj in targets.items():
                 key = obj.value_key or ""
                 value = task.data.get(key)
@@ -158,7 +176,7 @@ class Predictor:
         wanted = [w for w in wanted if w[0] not in errors]
 
         with timing.phase("fetch"):
-            fetched = self.fetcher.fetch_many([(v, request.tasks[i].id, credentials) for i, _, v in wanted])
+            fetched = self.fetcher.fetch_many([(v, tasks[i].id, credentials) for i, _, v in wanted])
         decodable = [(w, data) for w, data in zip(wanted, fetched) if isinstance(data, bytes)]
         with timing.phase("decode"):
             decoded = list(self._decode_pool.map(self._decode, [data for _, data in decodable]))
@@ -170,12 +188,12 @@ class Predictor:
             if index in errors:
                 continue
             if isinstance(result, BaseException):
-                errors[index] = self._task_error(result, request.tasks[index].id, request_id)
+                errors[index] = self._task_error(result, tasks[index].id, request_id)
             else:
                 images.setdefault(index, {})[name] = result
         return [
             errors[i] if i in errors else TaskInput(task=task, images=images.get(i, {}))
-            for i, task in enumerate(request.tasks)
+            for i, task in enumerate(tasks)
         ]
 
     def _decode(self, data: bytes) -> DecodedImage | BaseException:

@@ -6,7 +6,8 @@ and predicts from the decoded pixels the runtime hands it, so the tests exercise
 from Label Studio's request to the answer without a neural network. Parameters it reads:
 ``threshold`` (fraction of the maximum brightness that counts as bright), ``load_seconds``
 (a slow load, to test readiness). A task's ``data.hold`` makes its prediction take that many
-seconds (to test concurrency), ``data.explode`` makes it raise (to test failure isolation).
+seconds (to test concurrency), ``data.explode`` makes it raise and ``data.nan`` gives it a NaN
+score (to test failure isolation). ``fit_seconds`` makes each webhook event take that long.
 An interactive keypoint click answers the bright region containing the click.
 """
 
@@ -32,6 +33,7 @@ class BrightModel(Model):
         path = self.settings.model_root / "bright.json"
         params = json.loads(path.read_text()) if path.exists() else {}
         self.threshold = float(params.get("threshold", 0.8))
+        self.fit_seconds = float(params.get("fit_seconds", 0))
         time.sleep(float(params.get("load_seconds", 0)))
         self.fitted: list[str] = []
 
@@ -60,13 +62,15 @@ class BrightModel(Model):
                 continue
             rect = coords.PixelRect(float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min()))
             value = coords.rect_to_percent(rect, image.width, image.height)
+            score = float("nan") if task.task.data.get("nan") else 1.0
             region = results.rectangle(
-                control.name, control.object.name, label, value, size=(image.width, image.height), score=1.0
+                control.name, control.object.name, label, value, size=(image.width, image.height), score=score
             )
             out.append(results.prediction([region]))
         return out
 
     def fit(self, event: WebhookEvent) -> None:
+        time.sleep(self.fit_seconds)
         self.fitted.append(event.action)
         record = self.settings.model_root / "fitted.jsonl"
         with record.open("a") as fh:
