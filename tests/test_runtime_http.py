@@ -515,17 +515,18 @@ def test_image_cache_spares_the_second_download(function: Function, label_studio
 
 
 def test_overloaded_function_answers_503_and_control_routes_stay_fast(function: Function) -> None:
-    hold = predict_body([{"image": "/data/upload/2/0e768658-img0.png", "hold": 3}])
+    batch = predict_body([{"image": "/data/upload/2/0e768658-img0.png", "hold": 3}])
+    interactive = captured("req-0067-POST-predict.json")
+    interactive["tasks"][0]["data"] = {"image": "/data/upload/2/11524fb9-img1.jpg", "hold": 3}
     with ThreadPoolExecutor(2) as pool:
-        running = [pool.submit(call, "POST", function.url + "/predict", hold, basic()) for _ in range(2)]
-        deadline = time.monotonic() + 10
-        while True:  # wait until both predictions hold their slots
-            metrics = call("GET", function.url + "/metrics", headers=basic()).data.decode()
-            if "lsfn_predictions_in_flight 2.0" in metrics:
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        overloaded = call("POST", function.url + "/predict", hold, basic())
+        running = [pool.submit(call, "POST", function.url + "/predict", batch, basic())]
+        wait_in_flight(function, 1)
+        # MAX_CONCURRENT_PREDICTIONS=2: one slot is kept for interactive requests.
+        second_batch = call("POST", function.url + "/predict", batch, basic())
+        assert second_batch.status == 503 and "interactive" in second_batch.json()["detail"]
+        running.append(pool.submit(call, "POST", function.url + "/predict", interactive, basic()))
+        wait_in_flight(function, 2)
+        overloaded = call("POST", function.url + "/predict", interactive, basic())
         assert overloaded.status == 503
         assert overloaded.headers["Retry-After"] == "1"
         assert overloaded.json()["error"] == "overloaded"
@@ -541,6 +542,13 @@ def test_overloaded_function_answers_503_and_control_routes_stay_fast(function: 
             assert time.monotonic() - started < 0.5, path
         assert not any(f.done() for f in running)
         assert [f.result().status for f in running] == [200, 200]
+
+
+def wait_in_flight(fn: Function, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while f"lsfn_predictions_in_flight {count}.0" not in call("GET", fn.url + "/metrics", headers=basic()).data.decode():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
 
 
 # -- /webhook ------------------------------------------------------------------------------------------

@@ -98,7 +98,11 @@ class Runtime:
         self.loader = Loader(self._load, on_change=lambda state: self.metrics.ready.set(state is State.READY))
         self.predictor = Predictor(self.model, self.settings, self.metrics)
         self.fit_queue = FitQueue(self.model, self.loader, self.metrics)
-        self._slots = threading.BoundedSemaphore(self.settings.max_concurrent_predictions)
+        limit = self.settings.max_concurrent_predictions
+        self._slots = threading.BoundedSemaphore(limit)
+        # Batches may take all slots but one: an annotator's click is not refused because
+        # "Retrieve predictions" runs in the background.
+        self._batch_slots = threading.BoundedSemaphore(max(1, limit - 1))
         self._large_bodies = threading.BoundedSemaphore(_LARGE_BODIES_AT_ONCE)
         if self.settings.webhook_secret and self.settings.basic_auth is None:
             logger.warning("WEBHOOK_SECRET is set without BASIC_AUTH_USER/BASIC_AUTH_PASS: only /webhook is protected")
@@ -279,11 +283,13 @@ class Runtime:
         config = parse_label_config(request.label_config)
         self.model.check_label_config(config)
         # Beyond the limit answer at once: a growing queue would only turn into timeouts.
+        batch = not request.is_interactive
+        if batch and not self._batch_slots.acquire(blocking=False):
+            raise self._overloaded("batch predictions")
         if not self._slots.acquire(blocking=False):
-            limit = self.settings.max_concurrent_predictions
-            raise HTTPError(
-                503, "overloaded", f"{limit} predictions are running (MAX_CONCURRENT_PREDICTIONS)", {"Retry-After": "1"}
-            )
+            if batch:
+                self._batch_slots.release()
+            raise self._overloaded("predictions")
         try:
             self.metrics.in_flight.inc()
             self._wait_ready()
@@ -291,7 +297,14 @@ class Runtime:
         finally:
             self.metrics.in_flight.dec()
             self._slots.release()
+            if batch:
+                self._batch_slots.release()
         return Response(body, status=200, mimetype="application/json")
+
+    def _overloaded(self, what: str) -> HTTPError:
+        limit = self.settings.max_concurrent_predictions
+        detail = f"all slots for {what} are taken (MAX_CONCURRENT_PREDICTIONS={limit}; one is kept for interactive requests)"
+        return HTTPError(503, "overloaded", detail, {"Retry-After": "1"})
 
     def _wait_ready(self) -> None:
         # A cold start: Label Studio waits up to 100 s for /predict, so wait for the model
