@@ -424,9 +424,10 @@ def main() -> int:
         ours = Server(
             "lsfn",
             [sys.executable, "-m", "shared.cli", "serve", "bench/null_function.py", "--port", str(ours_port), "--host", HOST],
-            # Every connection may predict at once: the limit would answer 503 otherwise.
+            # Every connection may run a batch prediction at once (one slot more is kept for
+            # interactive requests): the limit would answer 503 otherwise.
             _server_env(
-                tmp / "lsfn-run", THREADS=str(threads), MAX_CONCURRENT_PREDICTIONS=str(args.concurrency), MODEL_ROOT=str(tmp)
+                tmp / "lsfn-run", THREADS=str(threads), MAX_CONCURRENT_PREDICTIONS=str(args.concurrency + 1), MODEL_ROOT=str(tmp)
             ),
             ROOT,
             tmp / "lsfn.log",
@@ -467,7 +468,7 @@ def main() -> int:
         print(f"  both servers: gunicorn, 1 worker, {threads} threads, LOG_LEVEL=WARNING")
         print(
             f"  lsfn: shared.runtime via `lsfn serve` (functions-framework {ours_v['functions-framework']},"
-            f" Flask {ours_v['flask']}, gunicorn {ours_v['gunicorn']}), MAX_CONCURRENT_PREDICTIONS={args.concurrency}"
+            f" Flask {ours_v['flask']}, gunicorn {ours_v['gunicorn']}), MAX_CONCURRENT_PREDICTIONS={args.concurrency + 1}"
         )
         print(
             f"  baseline: label-studio-ml-backend {lsml_v['label-studio-ml']} @ {commit[:10]} (init_app,"
