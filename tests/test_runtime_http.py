@@ -10,7 +10,6 @@ import io
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -23,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import urllib3
 from PIL import Image
 
 from tests.servers import Answer, RecordingServer, free_port
+from tests.serving import HTTP, Function, call, wait_listening
 
 ROOT = Path(__file__).parent.parent
 DATA = Path(__file__).parent / "data" / "ls-1.23"
@@ -34,7 +33,6 @@ BRIGHT = ROOT / "tests" / "functions" / "bright" / "main.py"
 LEGACY_KEY = "0123456789abcdef0123456789abcdef01234567"
 USER, PASSWORD = "lsuser", "lspass"
 SECRET = "s3cret-webhook"
-HTTP = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=30))
 
 
 def captured(name: str) -> dict[str, Any]:
@@ -61,81 +59,17 @@ def png_bomb(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def bright(tmp: Path, env: dict[str, str], params: dict[str, Any] | str | None = None) -> Function:
+    """The bright-region model served with its parameters file (bright.json) written first."""
+    root = tmp / "models"
+    root.mkdir(parents=True)
+    if params is not None:
+        (root / "bright.json").write_text(params if isinstance(params, str) else json.dumps(params))
+    return Function(BRIGHT, tmp, env, root)
+
+
 def basic(user: str = USER, password: str = PASSWORD) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-def call(
-    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None
-) -> urllib3.BaseHTTPResponse:
-    headers = dict(headers or {})
-    if body is not None:
-        raw = json.dumps(body).encode()
-        headers.setdefault("Content-Type", "application/json")
-    return HTTP.request(method, url, body=raw, headers=headers)
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError("the server did not listen")
-
-
-class Function:
-    """`lsfn serve` of the bright model in a subprocess, its log in a file."""
-
-    def __init__(self, tmp: Path, env: dict[str, str], params: dict[str, Any] | str | None = None) -> None:
-        self.model_root = tmp / "models"
-        self.model_root.mkdir(parents=True)
-        if params is not None:
-            (self.model_root / "bright.json").write_text(params if isinstance(params, str) else json.dumps(params))
-        self.log_path = tmp / "function.log"
-        port = free_port()
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO", "BASIC_AUTH", "MAX_", "FETCH_"))}
-        full_env.update({"MODEL_ROOT": str(self.model_root), "LOG_LEVEL": "DEBUG", **env})
-        self.log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "serve", str(BRIGHT), "--port", str(port)],
-            cwd=ROOT,
-            env=full_env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.url = f"http://127.0.0.1:{port}"
-        wait_listening(port, self.proc)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if call("GET", self.url + "/health").status == 200:
-                return
-            time.sleep(0.05)
-        raise TimeoutError("the model did not become ready")
-
-    def logs(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-        return out
-
-    def close(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
 
 
 # Images the stand-in Label Studio serves, and where their bright regions are.
@@ -225,7 +159,7 @@ def function(
         "FETCH_ALLOWED_HOSTS": "127.0.0.3",
         "FETCH_TIMEOUT": "5",
     }
-    fn = Function(tmp_path_factory.mktemp("main"), env, {"threshold": 0.8})
+    fn = bright(tmp_path_factory.mktemp("main"), env, {"threshold": 0.8})
     fn.wait_ready()
     yield fn
     fn.close()
@@ -258,7 +192,7 @@ def test_listens_before_the_model_loads_and_predict_waits_for_it(
     tmp_path: Path, label_studio: RecordingServer
 ) -> None:
     env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": LEGACY_KEY}
-    fn = Function(tmp_path, env, {"threshold": 0.8, "load_seconds": 3, "fit_seconds": 1.5})
+    fn = bright(tmp_path, env, {"threshold": 0.8, "load_seconds": 3, "fit_seconds": 1.5})
     try:
         loading = call("GET", fn.url + "/health")
         assert loading.status == 503
@@ -284,7 +218,7 @@ def test_listens_before_the_model_loads_and_predict_waits_for_it(
 
 
 def test_predict_gives_up_waiting_for_a_slow_load(tmp_path: Path) -> None:
-    fn = Function(tmp_path, {"READY_TIMEOUT": "0.2"}, {"load_seconds": 5})
+    fn = bright(tmp_path, {"READY_TIMEOUT": "0.2"}, {"load_seconds": 5})
     try:
         response = call("POST", fn.url + "/predict", predict_body([{"image": "data:,x"}]))
         assert response.status == 503
@@ -297,7 +231,7 @@ def test_predict_gives_up_waiting_for_a_slow_load(tmp_path: Path) -> None:
 
 def test_failed_load_is_reported_not_hidden(tmp_path: Path) -> None:
     auth = {"BASIC_AUTH_USER": USER, "BASIC_AUTH_PASS": PASSWORD}
-    fn = Function(tmp_path, auth, params="{not json")  # setup() fails on it
+    fn = bright(tmp_path, auth, params="{not json")  # setup() fails on it
     try:
         deadline = time.monotonic() + 30
         while (health := call("GET", fn.url + "/health", headers=basic())).json()["status"] == "LOADING":

@@ -266,9 +266,10 @@ class Runtime:
 
     def setup(self, call: Call) -> Response:
         request = parse_setup(call.body)
-        if request.label_config:
-            self.model.check_label_config(parse_label_config(request.label_config))
-        return _json(200, {"model_version": self.model.model_version})
+        config = parse_label_config(request.label_config) if request.label_config else None
+        if config is not None:
+            self.model.check_label_config(config)
+        return _json(200, {"model_version": self.model.version_for(config)})
 
     def versions(self, call: Call) -> Response:
         return _json(200, {"versions": self.model.versions(), "model_version": self.model.model_version})

@@ -16,6 +16,7 @@ from shared.images import FetchError
 from shared.label_config import LabelConfigError
 from shared.protocol import ProtocolError
 from shared.ssrf import ForbiddenURL
+from shared.weights import WeightsError
 
 __all__ = ["HTTPError", "client_error"]
 
@@ -47,6 +48,8 @@ def client_error(exc: BaseException) -> HTTPError | None:
         return HTTPError(exc.code, "bad request", exc.description)
     if isinstance(exc, ProtocolError):
         return HTTPError(422, "invalid request", str(exc))
+    if isinstance(exc, WeightsError):
+        return HTTPError(422, "unusable weights", str(exc))
     if isinstance(exc, LabelConfigError):
         return HTTPError(422, "unsupported label config", str(exc))
     if isinstance(exc, ForbiddenURL):

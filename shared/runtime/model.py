@@ -101,6 +101,11 @@ class Model:
         """Raise LabelConfigError when the model cannot serve this label config. Called by
         /setup and /predict; must be cheap and must not need the weights."""
 
+    def version_for(self, config: LabelConfig | None) -> str:
+        """The model version for a project's label config (a function whose weights depend on
+        the config names them here); ``model_version`` by default. Must be cheap."""
+        return self.model_version
+
     def versions(self) -> list[str]:
         """The model versions /versions lists."""
         return [self.model_version]

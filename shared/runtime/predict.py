@@ -27,6 +27,7 @@ from shared.runtime.logs import logger
 from shared.runtime.metrics import Metrics
 from shared.runtime.model import Batch, Model, Prediction, TaskInput
 from shared.settings import Settings
+from shared.weights import WeightsError
 
 __all__ = ["CHUNK_TASKS", "Predictor", "Timing"]
 
@@ -66,6 +67,12 @@ def _json_default(value: Any) -> Any:
 
 def _encode(item: Any) -> str:
     return json.dumps(item, separators=(",", ":"), allow_nan=False, default=_json_default)
+
+
+def _versioned(item: dict[str, Any] | list[dict[str, Any]], version: str) -> dict[str, Any] | list[dict[str, Any]]:
+    if isinstance(item, list):
+        return [p if "model_version" in p else {**p, "model_version": version} for p in item]
+    return item if "model_version" in item else {**item, "model_version": version}
 
 
 def _check_item(item: Any) -> Prediction:
@@ -112,13 +119,14 @@ class Predictor:
             del inputs, ready, predictions  # the decoded images of this chunk
 
         interactive = request.is_interactive and len(items) == 1
+        version = self.model.version_for(config)
         encoded: list[str] = []
         failed = 0
         with timing.phase("encode"):
             for task, item in zip(tasks, items):
                 if not isinstance(item, (HTTPError, TaskFailure)):
                     try:  # each task alone: one bad value (a NaN score) fails only its task
-                        encoded.append(_encode(self._versioned(item)))
+                        encoded.append(_encode(_versioned(item, version)))
                         continue
                     except (TypeError, ValueError) as exc:
                         item = self._task_error(exc, task.id, request_id)
@@ -133,12 +141,6 @@ class Predictor:
         for name, seconds in timing.phases.items():
             self.metrics.phases.labels(name).observe(seconds)
         return ('{"results":[' + ",".join(encoded) + "]}").encode()
-
-    def _versioned(self, item: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]]:
-        version = self.model.model_version
-        if isinstance(item, list):
-            return [p if "model_version" in p else {**p, "model_version": version} for p in item]
-        return item if "model_version" in item else {**item, "model_version": version}
 
     def _task_error(self, exc: BaseException, task_id: int | None, request_id: str) -> HTTPError:
         error = client_error(exc)
@@ -224,7 +226,7 @@ class Predictor:
                 except TypeError as exc:
                     checked.append(self._task_error(exc, task.id, request_id))
             return checked
-        except (LabelConfigError, ProtocolError, HTTPError):
+        except (LabelConfigError, ProtocolError, HTTPError, WeightsError):
             raise  # the request as a whole is wrong: every task would fail the same way
         except Exception as exc:  # noqa: BLE001 - isolated below, task by task
             if len(inputs) == 1:

@@ -1,0 +1,54 @@
+"""Weights files inside the image: resolving a label config's ``model_path`` safely, and the
+short content hash that names a model version.
+
+``model_path`` comes from the project's label config, which any project admin writes: it is
+resolved inside the weights directory and nothing outside it (``../``, an absolute path
+elsewhere, a symlink pointing out) is ever opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+__all__ = ["WeightsError", "content_hash", "resolve_weights"]
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used (outside the weights directory, missing, corrupt);
+    the runtime answers 422 naming it."""
+
+
+def resolve_weights(root: Path, name: str) -> Path:
+    """The file ``name`` inside ``root``, refusing anything that resolves outside it."""
+    if not name or "\0" in name:
+        raise WeightsError(f"model_path {name!r} is not a file name")
+    base = root.resolve()
+    path = (base / name).resolve()  # follows symlinks: a link out of the directory is caught
+    if not path.is_relative_to(base):
+        raise WeightsError(f"model_path {name!r} points outside the weights directory (MODEL_ROOT)")
+    if not path.is_file():
+        raise WeightsError(f"model_path {name!r}: no such weights file in the weights directory ({base})")
+    return path
+
+
+_hashes: dict[tuple[Path, int, int], str] = {}
+_hash_lock = threading.Lock()
+
+
+def content_hash(path: Path, length: int = 8) -> str:
+    """A short sha256 of the file, computed once per (path, size, mtime)."""
+    stat = path.stat()
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    with _hash_lock:
+        known = _hashes.get(key)
+    if known is None:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        known = digest.hexdigest()
+        with _hash_lock:
+            _hashes[key] = known
+    return known[:length]

@@ -1,0 +1,96 @@
+"""Serving a function for tests: `lsfn serve` in a subprocess, and a small HTTP client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import urllib3
+
+from tests.servers import free_port
+
+__all__ = ["HTTP", "Function", "call", "wait_listening"]
+
+ROOT = Path(__file__).parent.parent
+HTTP = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=120))
+
+
+def call(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None
+) -> urllib3.BaseHTTPResponse:
+    headers = dict(headers or {})
+    if body is not None:
+        raw = json.dumps(body).encode()
+        headers.setdefault("Content-Type", "application/json")
+    return HTTP.request(method, url, body=raw, headers=headers)
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError("the server did not listen")
+
+
+class Function:
+    """`lsfn serve SOURCE` in a subprocess with MODEL_ROOT in ``tmp``, its log in a file."""
+
+    def __init__(self, source: str | Path, tmp: Path, env: dict[str, str], model_root: Path | None = None) -> None:
+        self.model_root = model_root or tmp / "models"
+        self.model_root.mkdir(parents=True, exist_ok=True)
+        self.log_path = tmp / "function.log"
+        port = free_port()
+        inherited = ("LABEL_STUDIO", "BASIC_AUTH", "MAX_", "FETCH_", "MODEL_", "WEBHOOK_")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
+        full_env.update({"MODEL_ROOT": str(self.model_root), "LOG_LEVEL": "DEBUG", **env})
+        self.log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "serve", str(source), "--port", str(port)],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        wait_listening(port, self.proc)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if call("GET", self.url + "/health").status == 200:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the function exited: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"the model did not become ready: {self.log_path.read_text()[-2000:]}")
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def close(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
