@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,13 @@ def _check_item(item: Any) -> Prediction:
     raise TypeError(f"predict returned {type(item).__name__} for a task, not a prediction with a result list")
 
 
+@dataclass(frozen=True)
+class _Fetched:
+    wanted: list[tuple[int, str, str]]  # (task index in the chunk, object name, data value)
+    fetched: list[bytes | Exception]
+    errors: dict[int, HTTPError]  # tasks whose data has no usable value
+
+
 def _credentials(request: PredictRequest) -> tuple[str, str] | None:
     """The project's task-data login (basic auth for its non-Label-Studio URLs), if set."""
     params = request.params
@@ -98,6 +106,7 @@ class Predictor:
         self.metrics = metrics
         self.fetcher = ImageFetcher(settings, on_cache=metrics.cache_lookup)
         # Pillow and numpy release the GIL while decoding: a batch decodes in parallel.
+        self._prefetch = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lsfn-prefetch")
         self._decode_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="lsfn-decode")
 
     def run(self, request: PredictRequest, config: LabelConfig, timing: Timing, request_id: str) -> bytes:
@@ -106,9 +115,14 @@ class Predictor:
         items: list[Prediction | HTTPError] = []
         # Label Studio sends every selected task in one request: work through them a few at a
         # time, so the decoded images of a large batch never sit in memory together.
-        for start in range(0, len(tasks), CHUNK_TASKS):
-            chunk = tasks[start : start + CHUNK_TASKS]
-            inputs = self._inputs(chunk, request, config, timing, request_id)
+        chunks = [tasks[start : start + CHUNK_TASKS] for start in range(0, len(tasks), CHUNK_TASKS)]
+        # The next chunk's images download while this chunk is predicted.
+        fetching = self._prefetch.submit(self._fetch, chunks[0], request, config, timing)
+        for number, chunk in enumerate(chunks):
+            fetched = fetching.result()
+            if number + 1 < len(chunks):
+                fetching = self._prefetch.submit(self._fetch, chunks[number + 1], request, config, timing)
+            inputs = self._inputs(chunk, fetched, timing, request_id)
             ready = [item for item in inputs if isinstance(item, TaskInput)]
             predictions: list[Prediction | HTTPError] = []
             if ready:
@@ -116,7 +130,7 @@ class Predictor:
                     predictions = self._predict(ready, config, request, request_id)
             answers = iter(predictions)
             items.extend(next(answers) if isinstance(i, TaskInput) else i for i in inputs)
-            del inputs, ready, predictions  # the decoded images of this chunk
+            del inputs, ready, predictions, fetched  # this chunk's images
 
         interactive = request.is_interactive and len(items) == 1
         version = self.model.version_for(config)
@@ -156,9 +170,8 @@ class Predictor:
 
     # -- inputs: which task data to fetch, fetched and decoded concurrently ----------------------
 
-    def _inputs(
-        self, tasks: Sequence[Task], request: PredictRequest, config: LabelConfig, timing: Timing, request_id: str
-    ) -> list[TaskInput | HTTPError]:
+    def _fetch(self, tasks: Sequence[Task], request: PredictRequest, config: LabelConfig, timing: Timing) -> _Fetched:
+        """The bytes of every image the tasks' data points at, fetched concurrently."""
         # Objects some control labels (an Image shown only for reference is not fetched).
         targets = {o.name: o for c in config.controls for o in c.objects if o.tag in self.model.fetch_objects}
         credentials = _credentials(request)
@@ -176,9 +189,13 @@ class Predictor:
                     break
                 wanted.append((index, name, value))
         wanted = [w for w in wanted if w[0] not in errors]
-
         with timing.phase("fetch"):
             fetched = self.fetcher.fetch_many([(v, tasks[i].id, credentials) for i, _, v in wanted])
+        return _Fetched(wanted, fetched, errors)
+
+    def _inputs(self, tasks: Sequence[Task], fetch: _Fetched, timing: Timing, request_id: str) -> list[TaskInput | HTTPError]:
+        """Tasks with their images decoded, or the error that fails each."""
+        wanted, fetched, errors = fetch.wanted, fetch.fetched, dict(fetch.errors)
         decodable = [(w, data) for w, data in zip(wanted, fetched) if isinstance(data, bytes)]
         with timing.phase("decode"):
             decoded = list(self._decode_pool.map(self._decode, [data for _, data in decodable]))
