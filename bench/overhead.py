@@ -29,7 +29,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from processes import free_port, start_group, stop_group, wait_healthy  # bench/, standard library only
 
 # Only the standard library above: gunicorn imports this module in the baseline's environment
 # (see lsml_app), where neither lsfn nor its dependencies are installed.
@@ -165,12 +166,6 @@ def baseline_venv(repo: Path) -> tuple[Path, str]:
 # -- servers --------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Server:
     name: str
@@ -182,39 +177,20 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with self.log.open("wb") as out:
-            # Its own process group: stop() ends gunicorn's workers with it.
-            self.process = subprocess.Popen(
-                self.argv, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        self.process = start_group(self.argv, self.cwd, self.env, self.log)
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                self.fail(f"exited with status {self.process.returncode} before it was ready")
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                if request(self.port, HEALTH, timeout=2)[0] == 200:
-                    return
-            time.sleep(0.2)
-        self.fail(f"/health did not answer 200 within {timeout:g} s")
+        assert self.process is not None
+        why = wait_healthy(self.process, self.port, timeout, HOST)
+        if why is not None:
+            self.fail(why)
 
     def fail(self, why: str) -> None:
         tail = self.log.read_text(errors="replace")[-4000:]
         raise SystemExit(f"overhead: the {self.name} server {why}; its output:\n{tail}")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process)
 
 
 def _server_env(run_dir: Path, **extra: str) -> dict[str, str]:
@@ -420,7 +396,7 @@ def main() -> int:
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lsfn-overhead-")))
-        ours_port, lsml_port = _free_port(), _free_port()
+        ours_port, lsml_port = free_port(), free_port()
         ours = Server(
             "lsfn",
             [sys.executable, "-m", "shared.cli", "serve", "bench/null_function.py", "--port", str(ours_port), "--host", HOST],

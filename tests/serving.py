@@ -71,8 +71,11 @@ class Function:
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if call("GET", self.url + "/health").status == 200:
+            health = call("GET", self.url + "/health")
+            if health.status == 200:
                 return
+            if b'"FAILED"' in health.data:
+                raise RuntimeError(f"the model failed to load: {self.log_path.read_text()[-3000:]}")
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the function exited: {self.log_path.read_text()[-2000:]}")
             time.sleep(0.05)

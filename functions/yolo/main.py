@@ -1,0 +1,148 @@
+"""The YOLO function: detect, oriented boxes, segment, classify and pose through ultralytics.
+
+Which task runs is decided by the project's label config (functions/yolo/controls.py). All image
+tasks of a request are inferred as one batch per model. ultralytics is set up offline before
+it is imported: it must never download weights, fonts or settings at request time.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# Before ultralytics is imported: no network probes, and a writable settings directory (the
+# image's home may be read-only on Cloud Run).
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.gettempdir())  # it adds "Ultralytics/"
+
+import numpy as np  # noqa: E402
+from pydantic import AliasChoices, Field  # noqa: E402
+from pydantic_settings import BaseSettings, SettingsConfigDict  # noqa: E402
+
+from functions.yolo.controls import Plan, plan_controls, regions  # noqa: E402
+from shared import results  # noqa: E402
+from shared.label_config import LabelConfig  # noqa: E402
+from shared.runtime import Batch, Model, Prediction, create_app, http_target  # noqa: E402
+from shared.runtime.logs import logger  # noqa: E402
+from shared.weights import WeightsError, content_hash, resolve_weights  # noqa: E402
+
+
+class YoloSettings(BaseSettings):
+    """The YOLO function's own environment variables (label-studio-ml-backend's names)."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    allow_custom_model_path: bool = Field(True, validation_alias=AliasChoices("ALLOW_CUSTOM_MODEL_PATH"))
+    # Different weights files kept loaded at once (each control may name its own).
+    max_loaded_models: int = Field(4, gt=0, validation_alias=AliasChoices("YOLO_MAX_LOADED_MODELS"))
+    # Inference size; by default each model's own (the size it was trained at), as ultralytics does.
+    image_size: int | None = Field(None, gt=0, validation_alias=AliasChoices("YOLO_IMAGE_SIZE"))
+
+
+class YoloModel(Model):
+    model_version = "yolo"
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self.options = YoloSettings()
+        self._models: OrderedDict[Path, tuple[Any, threading.Lock]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def setup(self) -> None:
+        import torch
+        from PIL import Image
+
+        pillow_open = Image.open
+        from ultralytics import YOLO
+
+        # Importing ultralytics replaces PIL's Image.open for the whole process with one that
+        # pip-installs pi-heif when it meets an unreadable image: put Pillow's back (images
+        # are decoded by shared.image_decode, which answers an unreadable one with a 422).
+        Image.open = pillow_open
+        self._yolo = YOLO
+        device = self.settings.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        # Load the weights shipped in the image now, so the first request does not wait for them.
+        # One unloadable file must not take the function down: a request naming it gets a 422.
+        root = self.settings.model_root
+        for path in sorted(root.glob("*.pt"))[: self.options.max_loaded_models] if root.is_dir() else []:
+            try:
+                self._model(path)
+            except WeightsError as exc:
+                logger.warning("weights not preloaded", extra={"weights": path.name, "detail": str(exc)[:500]})
+
+    def warmup(self) -> None:
+        blank = np.zeros((64, 64, 3), dtype=np.uint8)
+        for path, (model, lock) in list(self._models.items()):
+            with lock:
+                model.predict([blank], device=self.device, verbose=False, imgsz=64)
+
+    def _plans(self, config: LabelConfig) -> list[Plan]:
+        return plan_controls(config, self.settings.model_score_threshold, self.options.allow_custom_model_path)
+
+    def check_label_config(self, config: LabelConfig) -> None:
+        for plan in self._plans(config):
+            resolve_weights(self.settings.model_root, plan.weights)
+
+    def version_for(self, config: LabelConfig | None) -> str:
+        if config is None:
+            return self.model_version
+        names = []
+        for plan in self._plans(config):
+            path = resolve_weights(self.settings.model_root, plan.weights)
+            names.append(f"{path.stem}@{content_hash(path)}")
+        return "yolo-" + "+".join(dict.fromkeys(names))
+
+    def _model(self, path: Path) -> tuple[Any, threading.Lock]:
+        """The loaded model for a weights file, kept in a small LRU."""
+        with self._lock:
+            found = self._models.get(path)
+            if found is not None:
+                self._models.move_to_end(path)
+                return found
+        try:
+            model = self._yolo(str(path))
+        except Exception as exc:  # noqa: BLE001 - a corrupt file must be a clear error, not a crash
+            raise WeightsError(f"cannot load weights {path.name!r}: {type(exc).__name__}: {exc}") from None
+        with self._lock:
+            found = self._models.setdefault(path, (model, threading.Lock()))
+            while len(self._models) > self.options.max_loaded_models:
+                self._models.popitem(last=False)
+        return found
+
+    def predict(self, batch: Batch) -> Sequence[Prediction]:
+        plans = self._plans(batch.label_config)
+        per_task: list[list[dict[str, Any]]] = [[] for _ in batch.tasks]
+        # One inference per (weights, image object) over the whole batch; controls sharing a
+        # model (PolygonLabels and BrushLabels on the default segmenter) share its output.
+        groups: dict[tuple[Path, str], list[Plan]] = {}
+        for plan in plans:
+            path = resolve_weights(self.settings.model_root, plan.weights)
+            groups.setdefault((path, plan.object_name), []).append(plan)
+        for (path, object_name), group in groups.items():
+            model, lock = self._model(path)
+            images = [task.image(object_name).pixels[:, :, ::-1] for task in batch.tasks]  # ultralytics wants BGR
+            options: dict[str, Any] = {"conf": min(plan.threshold for plan in group), "device": self.device, "verbose": False}
+            if self.options.image_size:
+                options["imgsz"] = self.options.image_size
+            if any(plan.control.tag == "BrushLabels" for plan in group):
+                options["retina_masks"] = True  # masks at the image's own resolution
+            with lock:  # an ultralytics model is not safe to call from two threads at once
+                outputs = model.predict([np.ascontiguousarray(image) for image in images], **options)
+            names = {int(k): str(v) for k, v in model.names.items()}
+            for index, (task, output) in enumerate(zip(batch.tasks, outputs)):
+                image = task.image(object_name)
+                for plan in group:
+                    per_task[index].extend(regions(plan, output, names, (image.width, image.height)))
+        return [results.prediction(found) for found in per_task]
+
+
+app = create_app(YoloModel)
+handler = http_target(app)

@@ -1,0 +1,367 @@
+"""The YOLO function over real HTTP with real ultralytics models: tiny ones trained on synthetic
+shapes (tests/yolo_models.py), served by `lsfn serve yolo` with the network blocked for the
+process, the task images served by a stand-in Label Studio."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import decode_rle
+from PIL import Image, ImageDraw
+
+from tests import synthetic, yolo_models
+from tests.servers import Answer, RecordingServer
+from tests.serving import Function, call
+
+LEGACY_KEY = "0123456789abcdef0123456789abcdef01234567"
+RECT = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="label" toName="image" model_path="shapes-det.pt" model_score_threshold="0.25">
+    <Label value="Round" predicted_values="circle"/>
+    <Label value="Box" predicted_values="square"/>
+    <Label value="triangle"/>
+  </RectangleLabels>
+</View>"""
+SEGMENT = """<View>
+  <Image name="image" value="$image"/>
+  <PolygonLabels name="poly" toName="image" model_path="shapes-seg.pt" model_score_threshold="0.25">
+    <Label value="circle"/><Label value="square"/><Label value="triangle"/>
+  </PolygonLabels>
+  <BrushLabels name="brush" toName="image" model_path="shapes-seg.pt" model_score_threshold="0.25">
+    <Label value="circle"/><Label value="square"/><Label value="triangle"/>
+  </BrushLabels>
+</View>"""
+CLASSIFY = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="shape" toName="image" model_path="shapes-cls.pt" model_score_threshold="0.0">
+    <Choice value="Circle" predicted_values="circle"/><Choice value="Square" predicted_values="square"/>
+    <Choice value="Triangle" predicted_values="triangle"/>
+  </Choices>
+</View>"""
+# A pose model and an OBB model with random weights: plumbing and coordinate frames only.
+POSE_OBB = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="kp_bbox" toName="image" model_skip="true"><Label value="person"/></RectangleLabels>
+  <KeyPointLabels name="kp" toName="image" model_path="pose.pt" model_score_threshold="0.0"
+                  model_point_threshold="0.0" model_add_bboxes="true" model_point_size="2">
+    <Label value="nose" predicted_values="person" model_index="0"/>
+    <View><Label value="left_eye" predicted_values="person" model_index="1"/></View>
+  </KeyPointLabels>
+  <RectangleLabels name="obb" toName="image" model_obb="true" model_path="obb.pt" model_score_threshold="0.0">
+    <Label value="circle"/><Label value="square"/><Label value="triangle"/>
+  </RectangleLabels>
+</View>"""
+# Label configs as label-studio-ml-backend's YOLO README writes them, unchanged.
+ML_BACKEND_CONFIGS = [
+    """<View>
+      <Image name="image" value="$image"/>
+      <RectangleLabels name="label" toName="image" model_score_threshold="0.25">
+        <Label value="Car" background="blue" predicted_values="jeep,cab,limousine,truck"/>
+      </RectangleLabels>
+    </View>""",
+    """<View>
+      <Image name="image1" value="$image"/>
+      <RectangleLabels name="label1" toName="image1" model_path="yolov8n.pt" model_score_threshold="0.1">
+        <Label value="car" background="blue"/>
+      </RectangleLabels>
+      <RectangleLabels name="label2" toName="image1" model_path="yolov8m.pt" model_score_threshold="0.1">
+        <Label value="car" background="red"/>
+      </RectangleLabels>
+    </View>""",
+    """<View>
+      <Image name="image" value="$image"/>
+      <RectangleLabels name="keypoints_bbox" toName="image" model_skip="true">
+        <Label value="person"/>
+      </RectangleLabels>
+      <KeyPointLabels name="keypoints" toName="image"
+        model_score_threshold="0.75" model_point_threshold="0.5"
+        model_add_bboxes="true" model_point_size="1"
+        model_path="yolov8n-pose.pt"
+      >
+        <Label value="nose" predicted_values="person" model_index="0" background="red" />
+        <View>
+          <Label value="left_shoulder" predicted_values="person" model_index="5" background="green" />
+        </View>
+      </KeyPointLabels>
+    </View>""",
+]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The weights directory: trained and random models under the names configs use."""
+    root = tmp_path_factory.mktemp("weights")
+    for name, source in {
+        "shapes-det.pt": yolo_models.detector(),
+        "yolov8m.pt": yolo_models.detector(),  # label-studio-ml-backend's default detector name
+        "yolov8n.pt": yolo_models.detector(),
+        "shapes-seg.pt": yolo_models.segmenter(),
+        "shapes-cls.pt": yolo_models.classifier(),
+        "pose.pt": yolo_models.random_model("pose"),
+        "yolov8n-pose.pt": yolo_models.random_model("pose"),
+        "obb.pt": yolo_models.random_model("obb"),
+    }.items():
+        shutil.copyfile(source, root / name)
+    (root / "corrupt.pt").write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    outside = tmp_path_factory.mktemp("outside") / "secret.pt"
+    shutil.copyfile(yolo_models.detector(), outside)
+    (root / "escape.pt").symlink_to(outside)
+    return root
+
+
+@pytest.fixture(scope="module")
+def label_studio() -> Iterator[RecordingServer]:
+    server = RecordingServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def yolo(tmp_path_factory: pytest.TempPathFactory, weights: Path, label_studio: RecordingServer) -> Iterator[Function]:
+    tmp = tmp_path_factory.mktemp("yolo")
+    guard = tmp / "guard"
+    guard.mkdir()
+    # Every non-loopback connection or name lookup made by the function's process is refused
+    # and recorded: ultralytics must not reach the network.
+    (guard / "sitecustomize.py").write_text(NETWORK_GUARD)
+    env = {
+        **yolo_models.offline_env(),
+        "PYTHONPATH": str(guard),
+        "NETWORK_ATTEMPTS": str(tmp / "attempts.txt"),
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": LEGACY_KEY,
+        "MAX_CONCURRENT_PREDICTIONS": "2",
+    }
+    env.pop("YOLO_OFFLINE")  # the function sets it itself: prove that
+    fn = Function("yolo", tmp, env, weights)
+    fn.wait_ready()
+    yield fn
+    fn.close()
+
+
+NETWORK_GUARD = '''
+import os, socket
+_log = os.environ.get("NETWORK_ATTEMPTS")
+
+def _record(what):
+    with open(_log, "a") as fh:
+        fh.write(repr(what) + "\\n")
+    raise OSError(101, "network access is blocked in this process")
+
+def _local(host):
+    return host in (None, "localhost", "") or str(host).startswith(("127.", "::1"))
+
+_getaddrinfo, _connect = socket.getaddrinfo, socket.socket.connect
+
+def getaddrinfo(host, *args, **kwargs):
+    if not _local(host if not isinstance(host, bytes) else host.decode()):
+        _record(("getaddrinfo", host))
+    return _getaddrinfo(host, *args, **kwargs)
+
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]):
+        _record(("connect", address))
+    return _connect(self, address)
+
+if _log:
+    socket.getaddrinfo, socket.socket.connect = getaddrinfo, connect
+'''
+
+
+def serve_images(server: RecordingServer, prefix: str, images: list[np.ndarray]) -> list[str]:
+    paths = []
+    for i, pixels in enumerate(images):
+        path = f"/data/upload/9/{prefix}-{i}.png"
+        server.routes[path] = Answer(200, synthetic.png_bytes(pixels), {"Content-Type": "image/png"})
+        paths.append(path)
+    return paths
+
+
+def predict(fn: Function, config: str, paths: list[str]) -> list[dict[str, Any]]:
+    body = {"tasks": [{"id": i + 1, "data": {"image": p}} for i, p in enumerate(paths)], "label_config": config}
+    response = call("POST", fn.url + "/predict", body)
+    assert response.status == 200, response.data[:2000]
+    results = response.json()["results"]
+    assert len(results) == len(paths)
+    return results
+
+
+def held_out(count: int, size: tuple[int, int], seed: int, shapes: int | tuple[int, int] = (1, 3)) -> list[tuple[np.ndarray, list[synthetic.Shape]]]:
+    rng = np.random.default_rng(seed)
+    return [synthetic.make_image(rng, size=size, shapes=shapes) for _ in range(count)]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area if area else 0.0
+
+
+EXPECTED_LABEL = {"circle": "Round", "square": "Box", "triangle": "triangle"}
+
+
+def test_detection_recall_and_coordinates(yolo: Function, label_studio: RecordingServer) -> None:
+    data = held_out(30, (160, 120), seed=101)
+    results = predict(yolo, RECT, serve_images(label_studio, "det", [pixels for pixels, _ in data]))
+    found = total = 0
+    for (pixels, shapes), item in zip(data, results):
+        height, width = pixels.shape[:2]
+        regions = item["result"]
+        assert item["model_version"].startswith("yolo-shapes-det@")
+        for region in regions:
+            assert (region["original_width"], region["original_height"]) == (width, height)
+            assert region["from_name"] == "label" and region["type"] == "rectanglelabels"
+            assert region["value"]["rectanglelabels"][0] in EXPECTED_LABEL.values()
+            assert region["score"] >= 0.25
+        for shape in shapes:
+            total += 1
+            truth = shape.bbox()
+            for region in regions:
+                v = region["value"]
+                # Percent back to pixels: the box must sit on the true shape.
+                box = (v["x"] * width / 100, v["y"] * height / 100,
+                       (v["x"] + v["width"]) * width / 100, (v["y"] + v["height"]) * height / 100)
+                if v["rectanglelabels"] == [EXPECTED_LABEL[shape.kind]] and box_iou(box, truth) >= 0.5:
+                    found += 1
+                    break
+    assert found / total >= 0.9, f"recall {found}/{total}"
+
+
+def test_segmentation_polygons_and_brush_masks(yolo: Function, label_studio: RecordingServer) -> None:
+    data = held_out(12, (160, 120), seed=202)
+    results = predict(yolo, SEGMENT, serve_images(label_studio, "seg", [pixels for pixels, _ in data]))
+    polygon_ious, brush_ious = [], []
+    for (pixels, shapes), item in zip(data, results):
+        height, width = pixels.shape[:2]
+        polygons = [r for r in item["result"] if r["type"] == "polygonlabels"]
+        brushes = [r for r in item["result"] if r["type"] == "brushlabels"]
+        for shape in shapes:
+            truth = shape.mask(height, width)
+            best_polygon = best_brush = 0.0
+            for region in polygons:
+                if region["value"]["polygonlabels"] != [shape.kind]:
+                    continue
+                canvas = Image.new("1", (width, height))
+                points = [(x * width / 100, y * height / 100) for x, y in region["value"]["points"]]
+                ImageDraw.Draw(canvas).polygon(points, fill=1)
+                best_polygon = max(best_polygon, iou(np.asarray(canvas, dtype=bool), truth))
+            for region in brushes:
+                if region["value"]["brushlabels"] != [shape.kind]:
+                    continue
+                assert region["value"]["format"] == "rle"
+                # label-studio-sdk's own decoder: RGBA bytes, the mask in the alpha channel.
+                decoded = np.reshape(decode_rle(region["value"]["rle"]), (height, width, 4))[:, :, 3] > 0
+                best_brush = max(best_brush, iou(decoded, truth))
+            polygon_ious.append(best_polygon)
+            brush_ious.append(best_brush)
+    assert np.mean(polygon_ious) >= 0.7, polygon_ious
+    assert np.mean(brush_ious) >= 0.7, brush_ious
+
+
+def test_classification_picks_the_shape(yolo: Function, label_studio: RecordingServer) -> None:
+    data = held_out(30, (64, 64), seed=303, shapes=1)
+    results = predict(yolo, CLASSIFY, serve_images(label_studio, "cls", [pixels for pixels, _ in data]))
+    names = {"circle": "Circle", "square": "Square", "triangle": "Triangle"}
+    right = 0
+    for (_, shapes), item in zip(data, results):
+        (choice,) = item["result"]
+        assert choice["type"] == "choices" and choice["from_name"] == "shape"
+        right += choice["value"]["choices"] == [names[shapes[0].kind]]
+    assert right / len(data) >= 0.9, f"{right}/{len(data)}"
+
+
+def test_pose_and_oriented_boxes_are_well_formed(yolo: Function, label_studio: RecordingServer) -> None:
+    data = held_out(2, (160, 120), seed=404)
+    results = predict(yolo, POSE_OBB, serve_images(label_studio, "pose", [pixels for pixels, _ in data]))
+    for item in results:
+        regions = item["result"]
+        boxes = {r["id"]: r for r in regions if r["from_name"] == "kp_bbox"}
+        points = [r for r in regions if r["type"] == "keypointlabels"]
+        oriented = [r for r in regions if r["from_name"] == "obb"]
+        assert boxes and points and oriented, {r["from_name"] for r in regions}
+        for region in regions:
+            assert (region["original_width"], region["original_height"]) == (160, 120)
+        for point in points:
+            assert point["value"]["keypointlabels"][0] in ("nose", "left_eye")
+            assert 0 <= point["value"]["x"] <= 100 and 0 <= point["value"]["y"] <= 100
+            assert point["parentID"] in boxes
+            assert point["value"]["width"] == pytest.approx(2 * 100 / 160)
+        for box in boxes.values():
+            assert box["value"]["rectanglelabels"] == ["person"]
+        for region in oriented:
+            value = region["value"]
+            assert 0 <= value["rotation"] < 360 and value["width"] > 0 and value["height"] > 0
+            assert value["rectanglelabels"][0] in yolo_models.CLASSES
+
+
+@pytest.mark.parametrize("config", ML_BACKEND_CONFIGS)
+def test_label_studio_ml_backend_configs_are_accepted(yolo: Function, label_studio: RecordingServer, config: str) -> None:
+    response = call("POST", yolo.url + "/setup", {"project": "9.1", "schema": config})
+    assert response.status == 200, response.data
+    assert response.json()["model_version"].startswith("yolo-")
+    paths = serve_images(label_studio, "compat", [held_out(1, (160, 120), seed=505)[0][0]])
+    predict(yolo, config, paths)
+
+
+@pytest.mark.parametrize(
+    ("model_path", "message"),
+    [
+        ("../outside.pt", "outside the weights directory"),
+        ("/etc/passwd", "outside the weights directory"),
+        ("escape.pt", "outside the weights directory"),  # a symlink out of the directory
+        ("missing.pt", "no such weights file"),
+    ],
+)
+def test_model_path_outside_or_missing_is_refused(yolo: Function, model_path: str, message: str) -> None:
+    config = RECT.replace('model_path="shapes-det.pt"', f'model_path="{model_path}"')
+    for path, body in (("/setup", {"schema": config}), ("/predict", {"tasks": [{"id": 1, "data": {"image": "/x.png"}}], "label_config": config})):
+        response = call("POST", yolo.url + path, body)
+        assert response.status == 422, response.data
+        assert response.json()["error"] == "unusable weights" and message in response.json()["detail"]
+
+
+def test_corrupt_weights_are_a_clear_error(yolo: Function, label_studio: RecordingServer) -> None:
+    paths = serve_images(label_studio, "corrupt", [held_out(1, (160, 120), seed=606)[0][0]])
+    config = RECT.replace('model_path="shapes-det.pt"', 'model_path="corrupt.pt"')
+    body = {"tasks": [{"id": 1, "data": {"image": paths[0]}}], "label_config": config}
+    response = call("POST", yolo.url + "/predict", body)
+    assert response.status == 422
+    assert "cannot load weights 'corrupt.pt'" in response.json()["detail"]
+    assert call("GET", yolo.url + "/health").status == 200
+
+
+def test_an_unreadable_image_fails_its_task_only(yolo: Function, label_studio: RecordingServer) -> None:
+    label_studio.routes["/data/upload/9/garbage.png"] = Answer(200, b"\x89PNG\r\n\x1a\n garbage")
+    paths = serve_images(label_studio, "ok", [held_out(1, (160, 120), seed=909)[0][0]])
+    bad, good = predict(yolo, RECT, ["/data/upload/9/garbage.png", paths[0]])
+    assert "result" not in bad and bad["error"].startswith("unreadable image")
+    assert "result" in good
+
+
+def test_no_network_was_attempted(yolo: Function, label_studio: RecordingServer) -> None:
+    # Exercise every model once more, then read what the guard recorded.
+    paths = serve_images(label_studio, "net", [held_out(1, (160, 120), seed=707)[0][0]])
+    for config in (RECT, SEGMENT, CLASSIFY, POSE_OBB):
+        predict(yolo, config, paths)
+    attempts = yolo.log_path.parent / "attempts.txt"
+    assert not attempts.exists(), attempts.read_text()
+
+
+def test_a_data_url_image_is_predicted(yolo: Function) -> None:
+    pixels, shapes = held_out(1, (160, 120), seed=808, shapes=1)[0]
+    url = "data:image/png;base64," + base64.b64encode(synthetic.png_bytes(pixels)).decode()
+    (item,) = predict(yolo, RECT, [url])
+    assert [r["value"]["rectanglelabels"] for r in item["result"]] == [[EXPECTED_LABEL[shapes[0].kind]]]
