@@ -48,14 +48,20 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60
 class Function:
     """`lsfn serve SOURCE` in a subprocess with MODEL_ROOT in ``tmp``, its log in a file."""
 
-    def __init__(self, source: str | Path, tmp: Path, env: dict[str, str], model_root: Path | None = None) -> None:
+    def __init__(
+        self, source: str | Path, tmp: Path, env: dict[str, str | None], model_root: Path | None = None
+    ) -> None:
+        """``env`` adds to the inherited environment; a None value leaves the variable unset."""
         self.model_root = model_root or tmp / "models"
         self.model_root.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp / "function.log"
         port = free_port()
         inherited = ("LABEL_STUDIO", "BASIC_AUTH", "MAX_", "FETCH_", "MODEL_", "WEBHOOK_")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
-        full_env.update({"MODEL_ROOT": str(self.model_root), "LOG_LEVEL": "DEBUG", **env})
+        full_env.update({"MODEL_ROOT": str(self.model_root), "LOG_LEVEL": "DEBUG"})
+        full_env.update({k: v for k, v in env.items() if v is not None})
+        for key in [k for k, v in env.items() if v is None]:
+            full_env.pop(key, None)
         self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "serve", str(source), "--port", str(port)],

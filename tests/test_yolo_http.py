@@ -365,3 +365,37 @@ def test_a_data_url_image_is_predicted(yolo: Function) -> None:
     url = "data:image/png;base64," + base64.b64encode(synthetic.png_bytes(pixels)).decode()
     (item,) = predict(yolo, RECT, [url])
     assert [r["value"]["rectanglelabels"] for r in item["result"]] == [[EXPECTED_LABEL[shapes[0].kind]]]
+
+
+SHIPPED = Path(__file__).parent.parent / "functions" / "yolo" / "models"
+SHAPES = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="label" toName="image" model_path="shapes.pt" model_score_threshold="0.5">
+    <Label value="circle"/><Label value="square"/><Label value="triangle"/>
+  </RectangleLabels>
+</View>"""
+
+
+def test_out_of_the_box_the_shipped_detector_finds_the_sample_shapes(tmp_path: Path) -> None:
+    """A fresh machine: no MODEL_ROOT, `lsfn serve yolo`, README's request on the sample image."""
+    fn = Function("yolo", tmp_path, {"MODEL_ROOT": None, **yolo_models.offline_env()}, SHIPPED)
+    try:
+        fn.wait_ready()
+        image = "data:image/png;base64," + base64.b64encode((SHIPPED / "sample.png").read_bytes()).decode()
+        (item,) = predict(fn, SHAPES, [image])
+        found = sorted(r["value"]["rectanglelabels"][0] for r in item["result"])
+        assert found == ["circle", "square", "triangle"]
+        assert item["model_version"].startswith("yolo-shapes@")
+    finally:
+        fn.close()
+
+
+def test_shipped_weights_match_their_listed_sha256() -> None:
+    import hashlib
+    import json
+
+    listing = json.loads((SHIPPED.parent / "weights.json").read_text())["weights"]
+    shipped = [entry for entry in listing if entry.get("shipped")]
+    assert shipped
+    for entry in shipped:
+        assert hashlib.sha256((SHIPPED / entry["name"]).read_bytes()).hexdigest() == entry["sha256"]

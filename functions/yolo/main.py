@@ -44,12 +44,19 @@ class YoloSettings(BaseSettings):
     image_size: int | None = Field(None, gt=0, validation_alias=AliasChoices("YOLO_IMAGE_SIZE"))
 
 
+# The small demo detector shipped with the repository (scripts/default-detector): the weights
+# directory when MODEL_ROOT is not set, so `lsfn serve yolo` predicts on a fresh machine.
+SHIPPED_WEIGHTS = Path(__file__).parent / "models"
+
+
 class YoloModel(Model):
     model_version = "yolo"
 
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.options = YoloSettings()
+        explicit = "model_root" in settings.model_fields_set
+        self.weights_dir: Path = settings.model_root if explicit else SHIPPED_WEIGHTS
         self._models: OrderedDict[Path, tuple[Any, threading.Lock]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -71,7 +78,7 @@ class YoloModel(Model):
         self.device = device
         # Load the weights shipped in the image now, so the first request does not wait for them.
         # One unloadable file must not take the function down: a request naming it gets a 422.
-        root = self.settings.model_root
+        root = self.weights_dir
         for path in sorted(root.glob("*.pt"))[: self.options.max_loaded_models] if root.is_dir() else []:
             try:
                 self._model(path)
@@ -89,14 +96,14 @@ class YoloModel(Model):
 
     def check_label_config(self, config: LabelConfig) -> None:
         for plan in self._plans(config):
-            resolve_weights(self.settings.model_root, plan.weights)
+            resolve_weights(self.weights_dir, plan.weights)
 
     def version_for(self, config: LabelConfig | None) -> str:
         if config is None:
             return self.model_version
         names = []
         for plan in self._plans(config):
-            path = resolve_weights(self.settings.model_root, plan.weights)
+            path = resolve_weights(self.weights_dir, plan.weights)
             names.append(f"{path.stem}@{content_hash(path)}")
         return "yolo-" + "+".join(dict.fromkeys(names))
 
@@ -124,7 +131,7 @@ class YoloModel(Model):
         # model (PolygonLabels and BrushLabels on the default segmenter) share its output.
         groups: dict[tuple[Path, str], list[Plan]] = {}
         for plan in plans:
-            path = resolve_weights(self.settings.model_root, plan.weights)
+            path = resolve_weights(self.weights_dir, plan.weights)
             groups.setdefault((path, plan.object_name), []).append(plan)
         for (path, object_name), group in groups.items():
             model, lock = self._model(path)
