@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import SplitResult, unquote, unquote_to_bytes, urlencode, urljoin, urlsplit
 
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager, Timeout
@@ -292,6 +292,15 @@ def _discard(response: BaseHTTPResponse) -> None:
         response.release_conn()
 
 
+def _parse_value(value: str) -> tuple[str, str]:
+    """A task's data value, stripped, and its URL scheme (lower case; "" for a path)."""
+    if not isinstance(value, str) or not value.strip():
+        raise FetchError(422, "the task has no file URL")
+    value = value.strip()
+    match = _SCHEME.match(value)
+    return value, match.group(1).lower() if match else ""
+
+
 def _same_parse(url: str, parts: SplitResult) -> None:
     """Refuse a URL whose host the standard library and urllib3 read differently: decisions
     (is it Label Studio? the same origin?) are taken on one reading, the connection on the
@@ -363,13 +372,37 @@ class ImageFetcher:
     def fetch(self, value: str, *, task_id: int | None = None,
               credentials: tuple[str, str] | None = None) -> bytes:
         """The bytes ``value`` (a task's image field) points to; raises FetchError or ForbiddenURL."""
-        if not isinstance(value, str) or not value.strip():
-            raise FetchError(422, "the task has no image URL")
-        value = value.strip()
-        match = _SCHEME.match(value)
-        scheme = match.group(1).lower() if match else ""
+        value, scheme = _parse_value(value)
         if scheme == "data":
             return _decode_data_url(value, self._settings.max_image_bytes)
+        url, via_ls, key, basic, digest = self._target(value, scheme, task_id, credentials)
+        try:
+            return self._cached((key, digest), lambda: self._load(url, via_ls, basic))
+        except FetchError as exc:
+            if scheme in CLOUD_SCHEMES:
+                raise FetchError(exc.status, f"{exc.message} (resolving {display_url(value)})") from None
+            raise
+
+    def fetch_to(self, value: str, sink: BinaryIO, *, limit: int, timeout: float, task_id: int | None = None,
+                 credentials: tuple[str, str] | None = None) -> int:
+        """Stream what ``value`` points to into ``sink`` (a video, never held in memory whole),
+        at most ``limit`` bytes within ``timeout`` seconds; the bytes written. Not cached."""
+        value, scheme = _parse_value(value)
+        if scheme == "data":
+            data = _decode_data_url(value, limit)
+            sink.write(data)
+            return len(data)
+        url, via_ls, _, basic, _ = self._target(value, scheme, task_id, credentials)
+        try:
+            return self._load(url, via_ls, basic, sink=sink, limit=limit, timeout=timeout)
+        except FetchError as exc:
+            if scheme in CLOUD_SCHEMES:
+                raise FetchError(exc.status, f"{exc.message} (resolving {display_url(value)})") from None
+            raise
+
+    def _target(self, value: str, scheme: str, task_id: int | None,
+                credentials: tuple[str, str] | None) -> tuple[str, bool, str, str | None, str | None]:
+        """(URL to fetch, is it Label Studio's, cache key, basic auth header, credentials digest)."""
         if value.startswith("/"):
             url = self._label_studio(f"{urlsplit(value).path} is a Label Studio path") + value
             via_ls, key = True, url
@@ -385,12 +418,7 @@ class ImageFetcher:
             basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
             # Bytes fetched with one project's credentials are never served without them.
             digest = hashlib.sha256(f"{user}\0{password}".encode()).hexdigest()
-        try:
-            return self._cached((key, digest), lambda: self._load(url, via_ls, basic))
-        except FetchError as exc:
-            if scheme in CLOUD_SCHEMES:
-                raise FetchError(exc.status, f"{exc.message} (resolving {display_url(value)})") from None
-            raise
+        return url, via_ls, key, basic, digest
 
     def fetch_many(self, items: Sequence[tuple[str, int | None, tuple[str, str] | None]]) -> list[bytes | Exception]:
         """``fetch`` for each (value, task_id, credentials), concurrently, in input order; a
@@ -461,16 +489,18 @@ class ImageFetcher:
         pending.set_result(data)
         return data
 
-    def _load(self, url: str, via_ls: bool, basic: str | None) -> bytes:
-        deadline = _Deadline(self._settings.fetch_timeout)
+    def _load(self, url: str, via_ls: bool, basic: str | None, sink: BinaryIO | None = None,
+              limit: int | None = None, timeout: float | None = None) -> Any:
+        deadline = _Deadline(timeout or self._settings.fetch_timeout)
         _current.deadline = deadline
         try:
-            return self._download(url, via_ls, basic, deadline)
+            return self._download(url, via_ls, basic, deadline, sink, limit or self._settings.max_image_bytes)
         finally:
             deadline.cancel()
             _current.deadline = None
 
-    def _download(self, url: str, via_ls: bool, basic: str | None, deadline: _Deadline) -> bytes:
+    def _download(self, url: str, via_ls: bool, basic: str | None, deadline: _Deadline,
+                  sink: BinaryIO | None, limit: int) -> Any:
         origin = _origin(urlsplit(url))
         same_origin, retried, hops = True, False, 0
         while True:
@@ -503,7 +533,7 @@ class ImageFetcher:
                         continue
                     if not 200 <= status < 300:
                         raise self._status_error(status, url, via_ls and same_origin)
-                    return self._read_body(response, url, deadline, self._settings.max_image_bytes)
+                    return self._read_body(response, url, deadline, limit, sink)
                 finally:
                     _discard(response)
 
@@ -544,20 +574,27 @@ class ImageFetcher:
                     raise
         raise AssertionError("unreachable")
 
-    def _read_body(self, response: BaseHTTPResponse, url: str, deadline: _Deadline, limit: int) -> bytes:
+    def _read_body(self, response: BaseHTTPResponse, url: str, deadline: _Deadline, limit: int,
+                   sink: BinaryIO | None = None) -> Any:
+        """The body as bytes, or written to ``sink`` (then its size)."""
         length = response.headers.get("Content-Length", "").strip()
         if length.isdigit() and int(length) > limit:
-            raise FetchError(413, f"{display_url(url)} is {int(length)} bytes, more than MAX_IMAGE_BYTES ({limit})")
+            raise FetchError(413, f"{display_url(url)} is {int(length)} bytes, more than the limit ({limit})")
         body = bytearray()
+        size = 0
         while chunk := response.read(_CHUNK):
-            body += chunk
-            if len(body) > limit:
-                raise FetchError(413, f"{display_url(url)} is larger than MAX_IMAGE_BYTES ({limit} bytes)")
+            size += len(chunk)
+            if size > limit:
+                raise FetchError(413, f"{display_url(url)} is larger than the limit ({limit} bytes)")
+            if sink is None:
+                body += chunk
+            else:
+                sink.write(chunk)
             if deadline.remaining() <= 0:
                 raise self._timeout(url)
         if deadline.fired:  # a socket shut down by the deadline reads as the end of the body
             raise self._timeout(url)
-        return bytes(body)
+        return bytes(body) if sink is None else size
 
     def _status_error(self, status: int, url: str, from_ls: bool) -> FetchError:
         if from_ls and status in (401, 403):

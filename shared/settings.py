@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # Pillow itself refuses more than ~179 M pixels as a decompression bomb.
     max_image_pixels: int = Field(100_000_000, gt=0, validation_alias=_env("MAX_IMAGE_PIXELS"))
     image_cache_bytes: int = Field(256 * MiB, ge=0, validation_alias=_env("IMAGE_CACHE_BYTES"))
+    # Videos are streamed to a temporary file, never held in memory.
+    max_video_bytes: int = Field(2048 * MiB, gt=0, validation_alias=_env("MAX_VIDEO_BYTES"))
+    video_fetch_timeout: float = Field(300.0, gt=0, validation_alias=_env("VIDEO_FETCH_TIMEOUT"))
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -686,3 +686,17 @@ def test_fetch_many_fetches_concurrently(servers, fetchers) -> None:
         files.routes[f"/{n}.jpg"] = route
     fetcher = fetchers(FETCH_ALLOWED_HOSTS="127.0.0.2", FETCH_TIMEOUT=10)
     assert fetcher.fetch_many([(f"{files.url}/{n}.jpg", None, None) for n in range(4)]) == [IMAGE] * 4
+
+
+def test_fetch_to_streams_into_a_file_with_its_own_limit(servers, fetchers, tmp_path) -> None:
+    ls = servers()
+    video = bytes(range(256)) * 4000  # ~1 MB, more than this fetcher's image limit
+    ls.routes["/data/upload/1/clip.mp4"] = serve(video)
+    fetcher = fetchers(LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=LEGACY_KEY, MAX_IMAGE_BYTES=1000)
+    with open(tmp_path / "clip.mp4", "wb") as sink:
+        written = fetcher.fetch_to("/data/upload/1/clip.mp4", sink, limit=len(video), timeout=5)
+    assert written == len(video) and (tmp_path / "clip.mp4").read_bytes() == video
+    with open(tmp_path / "short.mp4", "wb") as sink, pytest.raises(FetchError) as refused:
+        fetcher.fetch_to("/data/upload/1/clip.mp4", sink, limit=len(video) - 1, timeout=5)
+    assert refused.value.status == 413
+    assert len(ls.hits("/data/upload/1/clip.mp4")) == 2  # never cached

@@ -399,3 +399,28 @@ def test_shipped_weights_match_their_listed_sha256() -> None:
     assert shipped
     for entry in shipped:
         assert hashlib.sha256((SHIPPED / entry["name"]).read_bytes()).hexdigest() == entry["sha256"]
+
+
+TRACK = """<View>
+  <Video name="video" value="$video"/>
+  <VideoRectangle name="box" toName="video" model_path="shapes-det.pt" model_tracker="bytetrack"/>
+  <Labels name="videoLabels" toName="video"><Label value="square"/></Labels>
+</View>"""
+
+
+def test_tracking_keeps_one_id_for_a_moving_square(yolo: Function, label_studio: RecordingServer, tmp_path: Path) -> None:
+    frames = synthetic.moving_square_frames(20)
+    video = synthetic.write_video(frames, tmp_path / "square.mp4")
+    label_studio.routes["/data/upload/9/square.mp4"] = Answer(200, video.read_bytes(), {"Content-Type": "video/mp4"})
+    body = {"tasks": [{"id": 1, "data": {"video": "/data/upload/9/square.mp4"}}], "label_config": TRACK}
+    response = call("POST", yolo.url + "/predict", body)
+    assert response.status == 200, response.data[:2000]
+    (track,) = response.json()["results"][0]["result"]  # one square, one track id
+    assert track["type"] == "videorectangle" and track["from_name"] == "box" and track["to_name"] == "video"
+    value = track["value"]
+    assert value["labels"] == ["square"] and value["framesCount"] == 20
+    sequence = value["sequence"]
+    assert len(sequence) >= 18
+    assert [f["frame"] for f in sequence] == sorted(f["frame"] for f in sequence)
+    # The square moves to the right: so does its box.
+    assert sequence[-1]["x"] > sequence[0]["x"]

@@ -2,7 +2,8 @@
 
 The mapping and the control attributes follow label-studio-ml-backend's YOLO example, so a label
 config written for it works unchanged: RectangleLabels → detect (``model_obb="true"``: oriented
-boxes), PolygonLabels and BrushLabels → segment, Choices → classify, KeyPointLabels → pose.
+boxes), PolygonLabels and BrushLabels → segment, Choices → classify, KeyPointLabels → pose,
+VideoRectangle on a Video → detect and track.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ DEFAULT_WEIGHTS = {
     "segment": "yolov8n-seg.pt",
     "classify": "yolov8n-cls.pt",
     "pose": "yolov8n-pose.pt",
+    "track": "yolov8n.pt",
 }
+TRACKERS = frozenset({"botsort", "bytetrack"})  # the tracker configs ultralytics ships
 _TASK_OF = {"rectanglelabels": "detect", "polygonlabels": "segment", "brushlabels": "segment",
             "choices": "classify", "taxonomy": "classify", "keypointlabels": "pose"}  # fmt: skip
 
@@ -38,8 +41,10 @@ class Plan:
     task: str  # detect, obb, segment, classify, pose
     weights: str  # model_path, relative to the weights directory
     threshold: float
-    # Extra controls a pose model feeds: person boxes (model_add_bboxes) into "<name>_bbox".
+    # Extra controls a model feeds: a pose model's person boxes (model_add_bboxes) go into
+    # "<name>_bbox"; a VideoRectangle takes its labels from a Labels control on the video.
     bbox_control: Control | None = None
+    labels_control: Control | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -51,6 +56,9 @@ def plan_controls(config: LabelConfig, default_threshold: float, allow_custom_pa
     """A plan for every control the function serves; LabelConfigError when there is none."""
     plans: list[Plan] = []
     for control in config.controls:
+        if control.tag == "VideoRectangle" and control.object.tag == "Video" and not control.model_skip:
+            plans.append(_track_plan(config, control, default_threshold, allow_custom_path))
+            continue
         task = _TASK_OF.get(control.tag.lower())
         if task is None or control.object.tag != "Image" or control.model_skip:
             continue
@@ -83,9 +91,33 @@ def plan_controls(config: LabelConfig, default_threshold: float, allow_custom_pa
     if not plans:
         raise LabelConfigError(
             "the label config has no control the YOLO function serves: RectangleLabels, PolygonLabels, "
-            "BrushLabels, Choices or KeyPointLabels on an Image (without model_skip)"
+            "BrushLabels, Choices or KeyPointLabels on an Image, VideoRectangle on a Video (without model_skip)"
         )
     return plans
+
+
+def _track_plan(config: LabelConfig, control: Control, default_threshold: float, allow_custom_path: bool) -> Plan:
+    tracker = (control.get("model_tracker") or "botsort").strip().lower()
+    if tracker not in TRACKERS:
+        raise LabelConfigError(f'VideoRectangle "{control.name}": model_tracker must be botsort or bytetrack, not {tracker!r}')
+    labels = next(
+        (c for c in config.controls if c.tag == "Labels" and set(c.to_name) & set(control.to_name)), None
+    )
+    if labels is None:
+        raise LabelConfigError(f'VideoRectangle "{control.name}" needs a Labels control on the same video')
+    threshold = control.model_score_threshold
+    return Plan(
+        control=control,
+        task="track",
+        weights=(control.model_path if allow_custom_path else None) or DEFAULT_WEIGHTS["track"],
+        threshold=default_threshold if threshold is None else threshold,
+        labels_control=labels,
+        options={
+            "tracker": tracker,
+            "conf": control.get_float("model_conf", 0.25),
+            "iou": control.get_float("model_iou", 0.7),
+        },
+    )
 
 
 def _point_map(control: Control) -> dict[tuple[str, int], str]:

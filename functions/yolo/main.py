@@ -25,9 +25,9 @@ from pydantic import AliasChoices, Field  # noqa: E402
 from pydantic_settings import BaseSettings, SettingsConfigDict  # noqa: E402
 
 from functions.yolo.controls import Plan, plan_controls, regions  # noqa: E402
-from shared import results  # noqa: E402
+from shared import coords, results  # noqa: E402
 from shared.label_config import LabelConfig  # noqa: E402
-from shared.runtime import Batch, Model, Prediction, create_app, http_target  # noqa: E402
+from shared.runtime import Batch, Model, Prediction, TaskError, TaskInput, create_app, http_target  # noqa: E402
 from shared.runtime.logs import logger  # noqa: E402
 from shared.weights import WeightsError, content_hash, resolve_weights  # noqa: E402
 
@@ -42,6 +42,9 @@ class YoloSettings(BaseSettings):
     max_loaded_models: int = Field(4, gt=0, validation_alias=AliasChoices("YOLO_MAX_LOADED_MODELS"))
     # Inference size; by default each model's own (the size it was trained at), as ultralytics does.
     image_size: int | None = Field(None, gt=0, validation_alias=AliasChoices("YOLO_IMAGE_SIZE"))
+    # Video tracking reads at most this many frames, every VIDEO_FRAME_STRIDE-th one.
+    video_frame_limit: int = Field(3000, gt=0, validation_alias=AliasChoices("VIDEO_FRAME_LIMIT"))
+    video_frame_stride: int = Field(1, gt=0, validation_alias=AliasChoices("VIDEO_FRAME_STRIDE"))
 
 
 # The small demo detector shipped with the repository (scripts/default-detector): the weights
@@ -132,6 +135,10 @@ class YoloModel(Model):
         groups: dict[tuple[Path, str], list[Plan]] = {}
         for plan in plans:
             path = resolve_weights(self.weights_dir, plan.weights)
+            if plan.task == "track":
+                for index, task in enumerate(batch.tasks):
+                    per_task[index].extend(self._track(plan, path, task, batch))
+                continue
             groups.setdefault((path, plan.object_name), []).append(plan)
         for (path, object_name), group in groups.items():
             model, lock = self._model(path)
@@ -149,6 +156,64 @@ class YoloModel(Model):
                 for plan in group:
                     per_task[index].extend(regions(plan, output, names, (image.width, image.height)))
         return [results.prediction(found) for found in per_task]
+
+    def _track(self, plan: Plan, path: Path, task: TaskInput, batch: Batch) -> list[dict[str, Any]]:
+        """Detect and track through a video read frame by frame from a temporary file."""
+        import cv2
+
+        key = plan.control.object.value_key or ""
+        value = task.task.data.get(key)
+        if not isinstance(value, str) or not value:
+            raise TaskError(f"task {task.id}: data has no {key!r} video")
+        model, lock = self._model(path)
+        names = {int(k): str(v) for k, v in model.names.items()}
+        label_map = plan.labels_control.label_map(names.values()) if plan.labels_control else {}
+        stride, limit = self.options.video_frame_stride, self.options.video_frame_limit
+        tracks: dict[int, list[dict[str, Any]]] = {}
+        track_class: dict[int, str] = {}
+        track_scores: dict[int, list[float]] = {}
+        with tempfile.NamedTemporaryFile(suffix=Path(value.split("?")[0]).suffix[:8] or ".mp4") as video:
+            batch.fetch_file(value, task.id, video)
+            video.flush()
+            capture = cv2.VideoCapture(video.name)
+            fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+            frames_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            capture.release()
+            if frames_count <= 0:
+                raise TaskError(f"task {task.id}: the video cannot be read")
+            options = {"conf": plan.options["conf"], "iou": plan.options["iou"], "device": self.device,
+                       "tracker": f"{plan.options['tracker']}.yaml", "vid_stride": stride, "verbose": False,
+                       "stream": True, "persist": False}  # fmt: skip
+            if self.options.image_size:
+                options["imgsz"] = self.options.image_size
+            with lock:
+                for index, result in enumerate(model.track(source=video.name, **options)):
+                    if index >= limit:
+                        break
+                    boxes = result.boxes
+                    if boxes is None or boxes.id is None:
+                        continue
+                    height, width = result.orig_shape
+                    frame = index * stride
+                    for box_id, cls, score, xyxy in zip(
+                        boxes.id.int().tolist(), boxes.cls.int().tolist(), boxes.conf.tolist(), boxes.xyxy.tolist()
+                    ):
+                        x0, y0, x1, y1 = xyxy
+                        value_pct = coords.rect_to_percent(coords.PixelRect(x0, y0, x1 - x0, y1 - y0), width, height)
+                        tracks.setdefault(box_id, []).append(results.video_frame(frame + 1, value_pct, time=frame / fps))
+                        track_class.setdefault(box_id, names[cls])
+                        track_scores.setdefault(box_id, []).append(float(score))
+        out = []
+        for box_id, sequence in tracks.items():
+            label = label_map.get(track_class[box_id])
+            if label is None:
+                continue
+            score = float(np.mean(track_scores[box_id]))
+            out.append(results.video_rectangle(
+                plan.control.name, plan.object_name, label, sequence,
+                frames_count=frames_count, duration=frames_count / fps, score=score,
+            ))  # fmt: skip
+        return out
 
 
 app = create_app(YoloModel)

@@ -1,6 +1,7 @@
 """The runtime every function is served by: the Model base class and the HTTP app around it."""
 
 from shared.runtime.app import Runtime, create_app, http_target
+from shared.runtime.errors import TaskError
 from shared.runtime.model import Batch, Model, Prediction, TaskInput
 
-__all__ = ["Batch", "Model", "Prediction", "Runtime", "TaskInput", "create_app", "http_target"]
+__all__ = ["Batch", "Model", "Prediction", "Runtime", "TaskError", "TaskInput", "create_app", "http_target"]

@@ -18,7 +18,7 @@ from shared.protocol import ProtocolError
 from shared.ssrf import ForbiddenURL
 from shared.weights import WeightsError
 
-__all__ = ["HTTPError", "client_error"]
+__all__ = ["HTTPError", "TaskError", "client_error"]
 
 
 class HTTPError(Exception):
@@ -38,6 +38,11 @@ class HTTPError(Exception):
         self.headers = dict(headers or {})
 
 
+class TaskError(ValueError):
+    """A task whose data the model cannot use (no video, an unreadable file): that task fails
+    with a 422, the others are answered."""
+
+
 def client_error(exc: BaseException) -> HTTPError | None:
     """The HTTP error for an exception caused by what the client sent (or by a task's data);
     None for anything else, which is a bug answered 500."""
@@ -48,6 +53,8 @@ def client_error(exc: BaseException) -> HTTPError | None:
         return HTTPError(exc.code, "bad request", exc.description)
     if isinstance(exc, ProtocolError):
         return HTTPError(422, "invalid request", str(exc))
+    if isinstance(exc, TaskError):
+        return HTTPError(422, "task failed", str(exc))
     if isinstance(exc, WeightsError):
         return HTTPError(422, "unusable weights", str(exc))
     if isinstance(exc, LabelConfigError):

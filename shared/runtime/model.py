@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from shared.image_decode import DecodedImage
 from shared.label_config import LabelConfig
@@ -50,8 +50,10 @@ class Batch:
     tasks: Sequence[TaskInput]
     label_config: LabelConfig
     request: PredictRequest
-    # Fetch other task data (a video, say) with the request's credentials: fetch(value, task_id).
+    # Fetch other task data with the request's credentials: fetch(value, task_id) -> bytes, and
+    # fetch_file(value, task_id, sink) streams a video into a file (MAX_VIDEO_BYTES), -> size.
     fetch: Callable[[str, int | None], bytes]
+    fetch_file: Callable[[str, int | None, BinaryIO], int]
 
     @property
     def context(self) -> Context | None:

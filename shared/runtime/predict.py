@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -231,7 +231,11 @@ class Predictor:
         def fetch(value: str, task_id: int | None) -> bytes:
             return self.fetcher.fetch(value, task_id=task_id, credentials=credentials)
 
-        batch = Batch(tasks=inputs, label_config=config, request=request, fetch=fetch)
+        def fetch_file(value: str, task_id: int | None, sink: BinaryIO) -> int:
+            limit, timeout = self.settings.max_video_bytes, self.settings.video_fetch_timeout
+            return self.fetcher.fetch_to(value, sink, limit=limit, timeout=timeout, task_id=task_id, credentials=credentials)
+
+        batch = Batch(tasks=inputs, label_config=config, request=request, fetch=fetch, fetch_file=fetch_file)
         try:
             out = list(self.model.predict(batch))
             if len(out) != len(inputs):
