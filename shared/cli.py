@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("function", help="a folder under functions/ or the path of a function module")
     serve_cmd.add_argument("--port", type=int, default=int(os.environ.get("PORT", 9090)))
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    weights_cmd = commands.add_parser("weights", help="download and check the weights a function lists")
+    weights_cmd.add_argument("function", help="a folder under functions/ (yolo) or the path of a weights.json")
+    weights_cmd.add_argument("--dest", type=Path, default=Path(os.environ.get("MODEL_ROOT", "models")),
+                             help="where to put them (default: MODEL_ROOT, else ./models)")
+    weights_cmd.add_argument("--mirror", help="a base URL serving the same file names instead of the listed URLs")
     args = parser.parse_args(argv)
     if args.version:
         from importlib.metadata import version
@@ -71,6 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         serve(args.function, args.host, args.port)
+        return 0
+    if args.command == "weights":
+        from deploy.weights import WeightsFetchError, fetch_weights, listing_for
+
+        try:
+            for line in fetch_weights(listing_for(args.function), args.dest, args.mirror):
+                print(line)
+        except WeightsFetchError as exc:
+            print(f"lsfn: {exc}", file=sys.stderr)
+            return 1
         return 0
     parser.print_help()
     return 0
