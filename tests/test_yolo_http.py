@@ -424,3 +424,17 @@ def test_tracking_keeps_one_id_for_a_moving_square(yolo: Function, label_studio:
     assert [f["frame"] for f in sequence] == sorted(f["frame"] for f in sequence)
     # The square moves to the right: so does its box.
     assert sequence[-1]["x"] > sequence[0]["x"]
+
+
+def test_tracker_settings_from_the_label_config(yolo: Function, label_studio: RecordingServer, tmp_path: Path) -> None:
+    video = synthetic.write_video(synthetic.moving_square_frames(20), tmp_path / "square.mp4")
+    label_studio.routes["/data/upload/9/square2.mp4"] = Answer(200, video.read_bytes(), {"Content-Type": "video/mp4"})
+    task = [{"id": 1, "data": {"video": "/data/upload/9/square2.mp4"}}]
+    tuned = TRACK.replace('model_tracker="bytetrack"', 'model_tracker="bytetrack" bytetrack_track_buffer="60"')
+    response = call("POST", yolo.url + "/predict", {"tasks": task, "label_config": tuned})
+    assert response.status == 200 and len(response.json()["results"][0]["result"]) == 1
+    wrong = TRACK.replace('model_tracker="bytetrack"', 'model_tracker="bytetrack" bytetrack_no_such="1"')
+    response = call("POST", yolo.url + "/predict", {"tasks": task, "label_config": wrong})
+    assert response.status == 422 and "no setting 'no_such'" in response.json()["detail"]
+    unknown = TRACK.replace('model_tracker="bytetrack"', 'model_tracker="sort"')
+    assert call("POST", yolo.url + "/setup", {"schema": unknown}).status == 422

@@ -9,6 +9,7 @@ VideoRectangle on a Video → detect and track.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from shared import coords, results
 from shared.label_config import Control, LabelConfig, LabelConfigError
 from shared.rle import mask_to_rle
 
-__all__ = ["DEFAULT_WEIGHTS", "Plan", "plan_controls", "regions"]
+__all__ = ["DEFAULT_WEIGHTS", "Plan", "plan_controls", "regions", "tracker_config"]
 
 # label-studio-ml-backend's default weights per task, so configs without model_path behave alike.
 DEFAULT_WEIGHTS = {
@@ -116,8 +117,38 @@ def _track_plan(config: LabelConfig, control: Control, default_threshold: float,
             "tracker": tracker,
             "conf": control.get_float("model_conf", 0.25),
             "iou": control.get_float("model_iou", 0.7),
+            # <VideoRectangle model_tracker="bytetrack" bytetrack_track_buffer="60"/> overrides a
+            # key of the tracker's config, as label-studio-ml-backend allows.
+            "overrides": {k[len(tracker) + 1 :]: v for k, v in control.attrs.items() if k.startswith(f"{tracker}_")},
         },
     )
+
+
+def tracker_config(name: str, overrides: dict[str, str], directory: Path) -> str:
+    """The tracker config to pass to ultralytics: its own file, or a copy in ``directory`` with
+    ``overrides`` applied (each cast to the type of the value it replaces)."""
+    if not overrides:
+        return f"{name}.yaml"
+    import yaml
+    from ultralytics.utils import ROOT
+
+    config = yaml.safe_load((ROOT / "cfg" / "trackers" / f"{name}.yaml").read_text())
+    for key, text in overrides.items():
+        if key not in config:
+            raise LabelConfigError(f"{name} has no setting {key!r} (from the attribute {name}_{key})")
+        current = config[key]
+        try:
+            if isinstance(current, bool):
+                config[key] = text.strip().lower() in ("1", "true", "yes")
+            elif isinstance(current, (int, float)):
+                config[key] = type(current)(text)
+            else:
+                config[key] = text
+        except ValueError:
+            raise LabelConfigError(f"{name}_{key}={text!r} is not a {type(current).__name__}") from None
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
 
 
 def _point_map(control: Control) -> dict[tuple[str, int], str]:

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from pydantic import AliasChoices, Field  # noqa: E402
 from pydantic_settings import BaseSettings, SettingsConfigDict  # noqa: E402
 
-from functions.yolo.controls import Plan, plan_controls, regions  # noqa: E402
+from functions.yolo.controls import Plan, plan_controls, regions, tracker_config  # noqa: E402
 from shared import coords, results  # noqa: E402
 from shared.label_config import LabelConfig  # noqa: E402
 from shared.runtime import Batch, Model, Prediction, TaskError, TaskInput, create_app, http_target  # noqa: E402
@@ -172,7 +172,11 @@ class YoloModel(Model):
         tracks: dict[int, list[dict[str, Any]]] = {}
         track_class: dict[int, str] = {}
         track_scores: dict[int, list[float]] = {}
-        with tempfile.NamedTemporaryFile(suffix=Path(value.split("?")[0]).suffix[:8] or ".mp4") as video:
+        with (
+            tempfile.TemporaryDirectory(prefix="lsfn-track-") as scratch,
+            tempfile.NamedTemporaryFile(suffix=Path(value.split("?")[0]).suffix[:8] or ".mp4") as video,
+        ):
+            tracker = tracker_config(plan.options["tracker"], plan.options["overrides"], Path(scratch))
             batch.fetch_file(value, task.id, video)
             video.flush()
             capture = cv2.VideoCapture(video.name)
@@ -182,7 +186,7 @@ class YoloModel(Model):
             if frames_count <= 0:
                 raise TaskError(f"task {task.id}: the video cannot be read")
             options = {"conf": plan.options["conf"], "iou": plan.options["iou"], "device": self.device,
-                       "tracker": f"{plan.options['tracker']}.yaml", "vid_stride": stride, "verbose": False,
+                       "tracker": tracker, "vid_stride": stride, "verbose": False,
                        "stream": True, "persist": False}  # fmt: skip
             if self.options.image_size:
                 options["imgsz"] = self.options.image_size
