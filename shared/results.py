@@ -228,15 +228,17 @@ def video_rectangle(
     duration: float,
     score: float | None = None,
     id: str | None = None,
+    stride: int = 1,
 ) -> Result:
     """A ``videorectangle`` track: its keyframes (``video_frame``) in frame order.
 
-    A frame followed by a gap is marked ``enabled: False`` so Label Studio does not interpolate
-    the box across frames where the object was not seen; the last frame ends the track.
+    A frame followed by a gap (more than ``stride`` frames: every ``stride``-th frame was
+    read) is marked ``enabled: False`` so Label Studio does not interpolate the box across
+    frames where the object was not seen; the last frame ends the track.
     """
     frames = sorted((dict(f) for f in sequence), key=lambda f: f["frame"])
     for current, following in zip(frames, frames[1:]):
-        if following["frame"] - current["frame"] > 1:
+        if following["frame"] - current["frame"] > stride:
             current["enabled"] = False
     if frames:
         frames[-1]["enabled"] = False

@@ -351,15 +351,6 @@ def test_an_unreadable_image_fails_its_task_only(yolo: Function, label_studio: R
     assert "result" in good
 
 
-def test_no_network_was_attempted(yolo: Function, label_studio: RecordingServer) -> None:
-    # Exercise every model once more, then read what the guard recorded.
-    paths = serve_images(label_studio, "net", [held_out(1, (160, 120), seed=707)[0][0]])
-    for config in (RECT, SEGMENT, CLASSIFY, POSE_OBB):
-        predict(yolo, config, paths)
-    attempts = yolo.log_path.parent / "attempts.txt"
-    assert not attempts.exists(), attempts.read_text()
-
-
 def test_a_data_url_image_is_predicted(yolo: Function) -> None:
     pixels, shapes = held_out(1, (160, 120), seed=808, shapes=1)[0]
     url = "data:image/png;base64," + base64.b64encode(synthetic.png_bytes(pixels)).decode()
@@ -438,3 +429,59 @@ def test_tracker_settings_from_the_label_config(yolo: Function, label_studio: Re
     assert response.status == 422 and "no setting 'no_such'" in response.json()["detail"]
     unknown = TRACK.replace('model_tracker="bytetrack"', 'model_tracker="sort"')
     assert call("POST", yolo.url + "/setup", {"schema": unknown}).status == 422
+    # A text setting (BoT-SORT's ReID "model") would make ultralytics load or download a file.
+    reid = TRACK.replace('model_tracker="bytetrack"', 'model_tracker="botsort" botsort_with_reid="true" botsort_model="/etc/passwd"')
+    response = call("POST", yolo.url + "/predict", {"tasks": task, "label_config": reid})
+    assert response.status == 422 and "cannot be set from a label config" in response.json()["detail"]
+
+
+def test_a_control_needs_weights_of_its_task(yolo: Function, label_studio: RecordingServer) -> None:
+    config = SEGMENT.replace('model_path="shapes-seg.pt"', 'model_path="shapes-det.pt"')
+    paths = serve_images(label_studio, "mismatch", [held_out(1, (160, 120), seed=112)[0][0]])
+    body = {"tasks": [{"id": 1, "data": {"image": paths[0]}}], "label_config": config}
+    response = call("POST", yolo.url + "/predict", body)
+    assert response.status == 422
+    assert "'shapes-det.pt' is a detect model; PolygonLabels \"poly\" needs a segment model" in response.json()["detail"]
+
+
+def test_a_control_whose_labels_map_to_no_class_is_skipped(yolo: Function, label_studio: RecordingServer) -> None:
+    config = RECT.replace('<Label value="triangle"/>', "").replace('predicted_values="circle"', 'predicted_values="car"')
+    config = config.replace('predicted_values="square"', 'predicted_values="bus"')
+    paths = serve_images(label_studio, "nomap", [held_out(1, (160, 120), seed=111)[0][0]])
+    (item,) = predict(yolo, config, paths)
+    assert item["result"] == []
+
+
+def test_video_frames_read_with_a_stride_keep_their_own_numbers(
+    tmp_path: Path, weights: Path, label_studio: RecordingServer
+) -> None:
+    frames = synthetic.moving_square_frames(20)
+    video = synthetic.write_video(frames, tmp_path / "square.mp4", fps=10)
+    label_studio.routes["/data/upload/9/stride.mp4"] = Answer(200, video.read_bytes(), {"Content-Type": "video/mp4"})
+    env = {**yolo_models.offline_env(), "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": LEGACY_KEY,
+           "VIDEO_FRAME_STRIDE": "2"}  # fmt: skip
+    fn = Function("yolo", tmp_path, env, weights)
+    try:
+        fn.wait_ready()
+        body = {"tasks": [{"id": 1, "data": {"video": "/data/upload/9/stride.mp4"}}], "label_config": TRACK}
+        (track,) = call("POST", fn.url + "/predict", body).json()["results"][0]["result"]
+    finally:
+        fn.close()
+    sequence = track["value"]["sequence"]
+    assert [f["frame"] for f in sequence] == list(range(2, 21, 2))
+    assert [f["enabled"] for f in sequence] == [True] * 9 + [False]  # interpolated between reads
+    side = 24
+    for keyframe in sequence:
+        assert keyframe["time"] == pytest.approx(keyframe["frame"] / 10)
+        # The square's left edge in the 0-based frame this keyframe names, in pixels.
+        true_x = round(2 + (96 - side - 4) * (keyframe["frame"] - 1) / 19)
+        assert abs(keyframe["x"] * 96 / 100 - true_x) <= 2.5, keyframe
+
+
+def test_no_network_was_attempted(yolo: Function, label_studio: RecordingServer) -> None:
+    # Exercise every model once more, then read what the guard recorded.
+    paths = serve_images(label_studio, "net", [held_out(1, (160, 120), seed=707)[0][0]])
+    for config in (RECT, SEGMENT, CLASSIFY, POSE_OBB):
+        predict(yolo, config, paths)
+    attempts = yolo.log_path.parent / "attempts.txt"
+    assert not attempts.exists(), attempts.read_text()

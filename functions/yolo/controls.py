@@ -137,15 +137,16 @@ def tracker_config(name: str, overrides: dict[str, str], directory: Path) -> str
         if key not in config:
             raise LabelConfigError(f"{name} has no setting {key!r} (from the attribute {name}_{key})")
         current = config[key]
+        # Numbers and switches only: a text setting (the ReID "model", a method name) would
+        # let a label config make ultralytics load, or download, a file of its choosing.
+        if not isinstance(current, (bool, int, float)):
+            raise LabelConfigError(f"{name}_{key} cannot be set from a label config")
         try:
-            if isinstance(current, bool):
-                config[key] = text.strip().lower() in ("1", "true", "yes")
-            elif isinstance(current, (int, float)):
-                config[key] = type(current)(text)
-            else:
-                config[key] = text
+            config[key] = text.strip().lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(text)
         except ValueError:
             raise LabelConfigError(f"{name}_{key}={text!r} is not a {type(current).__name__}") from None
+    if "model" in config:
+        config["model"] = "auto"  # ReID from the detector's own features: nothing is loaded
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)

@@ -18,6 +18,7 @@ from typing import Any
 # Before ultralytics is imported: no network probes, and a writable settings directory (the
 # image's home may be read-only on Cloud Run).
 os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install a missing package
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.gettempdir())  # it adds "Ultralytics/"
 
 import numpy as np  # noqa: E402
@@ -27,8 +28,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict  # noqa: E402
 from functions.yolo.controls import Plan, plan_controls, regions, tracker_config  # noqa: E402
 from shared import coords, results  # noqa: E402
 from shared.label_config import LabelConfig  # noqa: E402
+from shared.images import FetchError  # noqa: E402
+from shared.protocol import TaskFailure  # noqa: E402
 from shared.runtime import Batch, Model, Prediction, TaskError, TaskInput, create_app, http_target  # noqa: E402
 from shared.runtime.logs import logger  # noqa: E402
+from shared.ssrf import ForbiddenURL  # noqa: E402
 from shared.weights import WeightsError, content_hash, resolve_weights  # noqa: E402
 
 
@@ -127,17 +131,47 @@ class YoloModel(Model):
                 self._models.popitem(last=False)
         return found
 
+    def _served(self, plan: Plan, path: Path) -> tuple[Any, threading.Lock] | None:
+        """The model for a plan, checked against the control; None when none of its classes
+        maps to the control's labels (the control is skipped, as label-studio-ml-backend does)."""
+        model, lock = self._model(path)
+        wanted = "detect" if plan.task == "track" else plan.task
+        if model.task != wanted:
+            raise WeightsError(
+                f"model_path {plan.weights!r} is a {model.task} model; {plan.control.tag} "
+                f'"{plan.control.name}" needs a {wanted} model'
+            )
+        names = [str(n) for n in model.names.values()]
+        if plan.task == "pose":
+            mapped = {name for name, _ in plan.options["points"]} & set(names)
+        else:
+            mapped = set((plan.labels_control or plan.control).label_map(names))
+        if not mapped:
+            logger.warning(
+                "no label maps to a model class: control skipped",
+                extra={"control": plan.control.name, "weights": plan.weights, "model_classes": names[:50]},
+            )
+            return None
+        return model, lock
+
     def predict(self, batch: Batch) -> Sequence[Prediction]:
         plans = self._plans(batch.label_config)
         per_task: list[list[dict[str, Any]]] = [[] for _ in batch.tasks]
+        failed: dict[int, TaskFailure] = {}
         # One inference per (weights, image object) over the whole batch; controls sharing a
         # model (PolygonLabels and BrushLabels on the default segmenter) share its output.
         groups: dict[tuple[Path, str], list[Plan]] = {}
         for plan in plans:
             path = resolve_weights(self.weights_dir, plan.weights)
+            served = self._served(plan, path)
+            if served is None:
+                continue
             if plan.task == "track":
                 for index, task in enumerate(batch.tasks):
-                    per_task[index].extend(self._track(plan, path, task, batch))
+                    try:  # one unusable video fails its own task only
+                        per_task[index].extend(self._track(plan, served, task, batch))
+                    except (TaskError, FetchError, ForbiddenURL) as exc:
+                        failed[index] = TaskFailure(str(exc))
                 continue
             groups.setdefault((path, plan.object_name), []).append(plan)
         for (path, object_name), group in groups.items():
@@ -155,9 +189,11 @@ class YoloModel(Model):
                 image = task.image(object_name)
                 for plan in group:
                     per_task[index].extend(regions(plan, output, names, (image.width, image.height)))
-        return [results.prediction(found) for found in per_task]
+        return [failed.get(index) or results.prediction(found) for index, found in enumerate(per_task)]
 
-    def _track(self, plan: Plan, path: Path, task: TaskInput, batch: Batch) -> list[dict[str, Any]]:
+    def _track(
+        self, plan: Plan, served: tuple[Any, threading.Lock], task: TaskInput, batch: Batch
+    ) -> list[dict[str, Any]]:
         """Detect and track through a video read frame by frame from a temporary file."""
         import cv2
 
@@ -165,7 +201,7 @@ class YoloModel(Model):
         value = task.task.data.get(key)
         if not isinstance(value, str) or not value:
             raise TaskError(f"task {task.id}: data has no {key!r} video")
-        model, lock = self._model(path)
+        model, lock = served
         names = {int(k): str(v) for k, v in model.names.items()}
         label_map = plan.labels_control.label_map(names.values()) if plan.labels_control else {}
         stride, limit = self.options.video_frame_stride, self.options.video_frame_limit
@@ -198,13 +234,14 @@ class YoloModel(Model):
                     if boxes is None or boxes.id is None:
                         continue
                     height, width = result.orig_shape
-                    frame = index * stride
+                    # Result i is read after skipping stride - 1 frames: 1-based frame (i + 1) * stride.
+                    frame = (index + 1) * stride
                     for box_id, cls, score, xyxy in zip(
                         boxes.id.int().tolist(), boxes.cls.int().tolist(), boxes.conf.tolist(), boxes.xyxy.tolist()
                     ):
                         x0, y0, x1, y1 = xyxy
                         value_pct = coords.rect_to_percent(coords.PixelRect(x0, y0, x1 - x0, y1 - y0), width, height)
-                        tracks.setdefault(box_id, []).append(results.video_frame(frame + 1, value_pct, time=frame / fps))
+                        tracks.setdefault(box_id, []).append(results.video_frame(frame, value_pct, time=frame / fps))
                         track_class.setdefault(box_id, names[cls])
                         track_scores.setdefault(box_id, []).append(float(score))
         out = []
@@ -215,7 +252,7 @@ class YoloModel(Model):
             score = float(np.mean(track_scores[box_id]))
             out.append(results.video_rectangle(
                 plan.control.name, plan.object_name, label, sequence,
-                frames_count=frames_count, duration=frames_count / fps, score=score,
+                frames_count=frames_count, duration=frames_count / fps, score=score, stride=stride,
             ))  # fmt: skip
         return out
 
