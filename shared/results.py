@@ -23,6 +23,7 @@ __all__ = [
     "brush_rle",
     "keypoint",
     "choices",
+    "taxonomy",
     "text_span",
     "textarea",
     "video_frame",
@@ -168,6 +169,18 @@ def choices(
 ) -> Result:
     """A ``choices`` result (classification of the whole object)."""
     return _result("choices", from_name, to_name, {"choices": _labels(selected)}, score, None, id)
+
+
+def taxonomy(
+    from_name: str,
+    to_name: str,
+    paths: Sequence[Sequence[str]],
+    *,
+    score: float | None = None,
+    id: str | None = None,
+) -> Result:
+    """A ``taxonomy`` result: each selection is a path from a top item down (``[["Animal", "Cat"]]``)."""
+    return _result("taxonomy", from_name, to_name, {"taxonomy": [list(p) for p in paths]}, score, None, id)
 
 
 def text_span(

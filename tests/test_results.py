@@ -112,3 +112,12 @@ def test_prediction_without_scores_or_version_leaves_them_out() -> None:
 def test_result_ids_are_unique_and_ten_characters() -> None:
     ids = {R.result_id() for _ in range(1000)}
     assert len(ids) == 1000 and all(len(i) == 10 and i.isalnum() for i in ids)
+
+
+def test_taxonomy_validates() -> None:
+    config = """<View><Image name="image" value="$image"/>
+      <Taxonomy name="tax" toName="image"><Choice value="Animal"><Choice value="Cat"/></Choice><Choice value="Car"/></Taxonomy>
+    </View>"""
+    result = R.taxonomy("tax", "image", [["Animal", "Cat"], ["Car"]], score=0.7)
+    assert result["type"] == "taxonomy" and result["value"] == {"taxonomy": [["Animal", "Cat"], ["Car"]]}
+    assert LabelInterface(config).validate_prediction(R.prediction([result]))

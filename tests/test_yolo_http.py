@@ -485,3 +485,12 @@ def test_no_network_was_attempted(yolo: Function, label_studio: RecordingServer)
         predict(yolo, config, paths)
     attempts = yolo.log_path.parent / "attempts.txt"
     assert not attempts.exists(), attempts.read_text()
+
+
+def test_taxonomy_gets_a_taxonomy_result(yolo: Function, label_studio: RecordingServer) -> None:
+    config = CLASSIFY.replace("<Choices", "<Taxonomy").replace("</Choices>", "</Taxonomy>")
+    pixels, shapes = held_out(1, (64, 64), seed=113, shapes=1)[0]
+    (item,) = predict(yolo, config, serve_images(label_studio, "tax", [pixels]))
+    (result,) = item["result"]
+    names = {"circle": "Circle", "square": "Square", "triangle": "Triangle"}
+    assert result["type"] == "taxonomy" and result["value"]["taxonomy"] == [[names[shapes[0].kind]]]

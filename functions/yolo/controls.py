@@ -221,6 +221,8 @@ def _choices(plan: Plan, result: Any, names: dict[int, str]) -> list[dict[str, A
         return []
     labels = list(dict.fromkeys(label for _, label in chosen))
     score = float(np.mean([p for p, _ in chosen]))
+    if plan.control.tag == "Taxonomy":  # a top-level item per selection
+        return [results.taxonomy(plan.control.name, plan.object_name, [[label] for label in labels], score=score)]
     return [results.choices(plan.control.name, plan.object_name, labels, score=score)]
 
 

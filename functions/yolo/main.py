@@ -65,6 +65,7 @@ class YoloModel(Model):
         explicit = "model_root" in settings.model_fields_set
         self.weights_dir: Path = settings.model_root if explicit else SHIPPED_WEIGHTS
         self._models: OrderedDict[Path, tuple[Any, threading.Lock]] = OrderedDict()
+        self._loading: dict[Path, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def setup(self) -> None:
@@ -121,6 +122,15 @@ class YoloModel(Model):
             if found is not None:
                 self._models.move_to_end(path)
                 return found
+            loading = self._loading.setdefault(path, threading.Lock())
+        with loading:  # one load per file: concurrent first requests wait for it
+            with self._lock:
+                found = self._models.get(path)
+            if found is not None:
+                return found
+            return self._load_model(path)
+
+    def _load_model(self, path: Path) -> tuple[Any, threading.Lock]:
         try:
             model = self._yolo(str(path))
         except Exception as exc:  # noqa: BLE001 - a corrupt file must be a clear error, not a crash
