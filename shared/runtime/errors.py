@@ -43,6 +43,18 @@ class TaskError(ValueError):
     with a 422, the others are answered."""
 
 
+# Exceptions caused by a request or a task's data, first match wins (ImageTooLarge is an ImageError).
+_CLIENT_ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (ProtocolError, 422, "invalid request"),
+    (TaskError, 422, "task failed"),
+    (WeightsError, 422, "unusable weights"),
+    (LabelConfigError, 422, "unsupported label config"),
+    (ForbiddenURL, 422, "forbidden URL"),
+    (ImageTooLarge, 413, "image too large"),
+    (ImageError, 422, "unreadable image"),
+)
+
+
 def client_error(exc: BaseException) -> HTTPError | None:
     """The HTTP error for an exception caused by what the client sent (or by a task's data);
     None for anything else, which is a bug answered 500."""
@@ -51,20 +63,9 @@ def client_error(exc: BaseException) -> HTTPError | None:
     if isinstance(exc, HTTPException) and exc.code and 400 <= exc.code < 500:
         # Raised by werkzeug while reading the request (a client gone mid-body, say).
         return HTTPError(exc.code, "bad request", exc.description)
-    if isinstance(exc, ProtocolError):
-        return HTTPError(422, "invalid request", str(exc))
-    if isinstance(exc, TaskError):
-        return HTTPError(422, "task failed", str(exc))
-    if isinstance(exc, WeightsError):
-        return HTTPError(422, "unusable weights", str(exc))
-    if isinstance(exc, LabelConfigError):
-        return HTTPError(422, "unsupported label config", str(exc))
-    if isinstance(exc, ForbiddenURL):
-        return HTTPError(422, "forbidden URL", str(exc))
-    if isinstance(exc, ImageTooLarge):
-        return HTTPError(413, "image too large", str(exc))
-    if isinstance(exc, ImageError):
-        return HTTPError(422, "unreadable image", str(exc))
+    for kind, status, title in _CLIENT_ERRORS:
+        if isinstance(exc, kind):
+            return HTTPError(status, title, str(exc))
     if isinstance(exc, FetchError):
         titles = {413: "image too large", 504: "image fetch timed out", 422: "unusable image URL"}
         return HTTPError(exc.status, titles.get(exc.status, "image fetch failed"), exc.message)
