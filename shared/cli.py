@@ -68,6 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     weights_cmd.add_argument("--dest", type=Path, default=Path(os.environ.get("MODEL_ROOT", "models")),
                              help="where to put them (default: MODEL_ROOT, else ./models)")
     weights_cmd.add_argument("--mirror", help="a base URL serving the same file names instead of the listed URLs")
+    connect_cmd = commands.add_parser("connect", help="connect a function to a Label Studio project")
+    connect_cmd.add_argument("url", help="the function's URL, as Label Studio reaches it")
+    connect_cmd.add_argument("--project", type=int, required=True, help="the Label Studio project id")
+    connect_cmd.add_argument("--label-studio", default=os.environ.get("LABEL_STUDIO_URL"),
+                             help="Label Studio's URL (default: LABEL_STUDIO_URL)")
+    connect_cmd.add_argument("--token", default=os.environ.get("LABEL_STUDIO_API_KEY"),
+                             help="a personal access token or legacy token (default: LABEL_STUDIO_API_KEY)")
+    connect_cmd.add_argument("--basic-auth", metavar="USER:PASS",
+                             help="the function's BASIC_AUTH_USER:BASIC_AUTH_PASS (default: from those variables)")
+    connect_cmd.add_argument("--webhook-secret", default=os.environ.get("WEBHOOK_SECRET"),
+                             help="set as the X-Webhook-Secret header of the model's webhook (default: WEBHOOK_SECRET)")
+    connect_cmd.add_argument("--interactive", action="store_true", help="use it for interactive pre-annotation")
+    connect_cmd.add_argument("--title", default="lsfn")
     args = parser.parse_args(argv)
     if args.version:
         from importlib.metadata import version
@@ -87,8 +100,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lsfn: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "connect":
+        return _connect(args)
     parser.print_help()
     return 0
+
+
+def _connect(args: argparse.Namespace) -> int:
+    from deploy.connect import ConnectError, LabelStudio, connect
+
+    if not args.label_studio or not args.token:
+        print("lsfn: give --label-studio and --token (or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)", file=sys.stderr)
+        return 2
+    basic = args.basic_auth
+    if basic is None and os.environ.get("BASIC_AUTH_USER") and os.environ.get("BASIC_AUTH_PASS"):
+        basic = f"{os.environ['BASIC_AUTH_USER']}:{os.environ['BASIC_AUTH_PASS']}"
+    credentials = tuple(basic.split(":", 1)) if basic else None
+    try:
+        ls = LabelStudio(args.label_studio, args.token)
+        done = connect(ls, args.project, args.url, title=args.title, basic_auth=credentials,  # type: ignore[arg-type]
+                       interactive=args.interactive, webhook_secret=args.webhook_secret)  # fmt: skip
+    except ConnectError as exc:
+        print(f"lsfn: {exc}", file=sys.stderr)
+        return 1
+    print(done.report())
+    return 0 if done.state == "connected" else 1
 
 
 if __name__ == "__main__":

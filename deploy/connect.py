@@ -1,0 +1,182 @@
+"""`lsfn connect`: attach a function to a Label Studio project through Label Studio's REST API.
+
+It creates or updates the project's model connection, puts the shared-secret header on the
+webhook Label Studio creates for the model, checks which kind of token can fetch the project's
+task files, and reports the model's state in plain words. Only the standard library: it runs
+wherever a user has Python, next to Label Studio or not.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ConnectError", "Connection", "LabelStudio", "connect"]
+
+WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
+_STATES = {"CO": "connected", "DI": "disconnected", "ER": "error", "TR": "training", "PR": "predicting"}
+
+
+class ConnectError(RuntimeError):
+    """Label Studio refused or could not be reached; the message says what to do."""
+
+
+def _is_personal_token(token: str) -> bool:
+    return token.count(".") == 2  # a JWT; a legacy token is 40 hex characters
+
+
+class LabelStudio:
+    """A small client of Label Studio's API, authenticated like a script: a personal access
+    token is exchanged for a short-lived access token, a legacy token is sent as is."""
+
+    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._auth = self._authorization()
+
+    def _authorization(self) -> str:
+        if not _is_personal_token(self.token):
+            return f"Token {self.token}"
+        answer = self._call("POST", "/api/token/refresh/", {"refresh": self.token}, auth=False)
+        return f"Bearer {answer['access']}"
+
+    def get(self, path: str) -> Any:
+        return self._call("GET", path)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._call("POST", path, body)
+
+    def patch(self, path: str, body: Any) -> Any:
+        return self._call("PATCH", path, body)
+
+    def status(self, path: str, authorization: str | None) -> int:
+        """The status of a GET with the given Authorization header (a task file, say)."""
+        request = urllib.request.Request(self.url + path, method="GET")
+        if authorization:
+            request.add_header("Authorization", authorization)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def _call(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if auth:
+            request.add_header("Authorization", self._auth)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                text = response.read().decode()
+        except urllib.error.HTTPError as exc:
+            raise ConnectError(f"Label Studio answered {exc.code} to {method} {path}: {_reason(exc)}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConnectError(f"cannot reach Label Studio at {self.url}: {getattr(exc, 'reason', exc)}") from None
+        return json.loads(text) if text.strip() else None
+
+
+def _reason(exc: urllib.error.HTTPError) -> str:
+    """Label Studio's own words for a refusal (validation errors, detail)."""
+    try:
+        body = json.loads(exc.read().decode() or "{}")
+    except ValueError:
+        return exc.reason
+    errors = body.get("validation_errors") if isinstance(body, dict) else None
+    if isinstance(errors, dict):
+        return "; ".join(str(m) for messages in errors.values() for m in (messages if isinstance(messages, list) else [messages]))
+    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
+
+
+@dataclass
+class Connection:
+    """What `lsfn connect` did and found."""
+
+    ml_backend: dict[str, Any]
+    webhook: dict[str, Any] | None = None
+    file_access: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        return _STATES.get(self.ml_backend.get("state", ""), str(self.ml_backend.get("state")))
+
+    def report(self) -> str:
+        backend = self.ml_backend
+        lines = [f"model {backend.get('id')} for project {backend.get('project')}: {self.state}"
+                 f" ({backend.get('url')}, model version {backend.get('model_version')!r})"]  # fmt: skip
+        if backend.get("error_message"):
+            lines.append(f"Label Studio says: {backend['error_message']}")
+        if self.webhook is not None:
+            lines.append(f"webhook {self.webhook.get('url')}: {WEBHOOK_SECRET_HEADER} header set")
+        if self.file_access:
+            lines.append(self.file_access)
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+def connect(
+    ls: LabelStudio,
+    project: int,
+    function_url: str,
+    *,
+    title: str = "lsfn",
+    basic_auth: tuple[str, str] | None = None,
+    interactive: bool = False,
+    webhook_secret: str | None = None,
+) -> Connection:
+    """Create or update the project's connection to ``function_url`` and check it."""
+    function_url = function_url.rstrip("/")
+    body: dict[str, Any] = {
+        "url": function_url,
+        "project": project,
+        "title": title,
+        "is_interactive": interactive,
+        "auth_method": "BASIC_AUTH" if basic_auth else "NONE",
+    }
+    if basic_auth:
+        # A PATCH without them validates without basic auth (PROTOCOL.md §0.8): always send both.
+        body["basic_auth_user"], body["basic_auth_pass"] = basic_auth
+    existing = [b for b in ls.get(f"/api/ml?project={project}") or [] if b.get("url", "").rstrip("/") == function_url]
+    if existing:
+        backend = ls.patch(f"/api/ml/{existing[0]['id']}", body)
+    else:
+        backend = ls.post("/api/ml", body)
+    backend = ls.get(f"/api/ml/{backend['id']}")  # refreshed state (health and setup ran)
+    result = Connection(ml_backend=backend)
+    if webhook_secret:
+        result.webhook = _set_webhook_secret(ls, project, function_url, webhook_secret)
+    result.file_access = _file_access(ls, project)
+    return result
+
+
+def _set_webhook_secret(ls: LabelStudio, project: int, function_url: str, secret: str) -> dict[str, Any]:
+    target = f"{function_url}/webhook"
+    hooks = [h for h in ls.get(f"/api/webhooks?project={project}") or [] if h.get("url", "").rstrip("/") == target]
+    if not hooks:
+        # Label Studio creates it with the model connection; make it when it is missing.
+        return ls.post("/api/webhooks", {"project": project, "url": target, "send_payload": True,
+                                         "send_for_all_actions": True, "is_active": True,
+                                         "headers": {WEBHOOK_SECRET_HEADER: secret}})  # fmt: skip
+    headers = {**(hooks[0].get("headers") or {}), WEBHOOK_SECRET_HEADER: secret}
+    return ls.patch(f"/api/webhooks/{hooks[0]['id']}", {"url": target, "headers": headers})
+
+
+def _file_access(ls: LabelStudio, project: int) -> str:
+    """Which token kind fetches the project's first uploaded file (the function needs one)."""
+    tasks = ls.get(f"/api/tasks?project={project}&page_size=1") or {}
+    listing = tasks.get("tasks", tasks) if isinstance(tasks, dict) else tasks
+    for task in listing or []:
+        for value in (task.get("data") or {}).values():
+            if isinstance(value, str) and value.startswith("/data/"):
+                status = ls.status(value, ls._auth)
+                kind = "personal access token (Bearer)" if ls._auth.startswith("Bearer") else "legacy token"
+                if status == 200:
+                    return f"task files: readable with this {kind}; give the function the same LABEL_STUDIO_API_KEY"
+                return (f"task files: {value} answered {status} with this {kind}; the function needs a token that"
+                        " Label Studio accepts (legacy tokens are off by default in 1.23: use a personal access token)")
+    return "task files: no uploaded task file to check yet"
