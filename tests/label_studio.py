@@ -5,14 +5,13 @@ data directory, a user and a known legacy token (PROTOCOL.md §8)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import urllib3
 
-from tests.servers import free_port
+from tests.servers import free_port, stop_group
 
 __all__ = ["LEGACY_TOKEN", "LabelStudioServer"]
 
@@ -72,9 +71,5 @@ class LabelStudioServer:
         return self.http.request(method, self.url + path, headers=headers, **kwargs)  # type: ignore[arg-type]
 
     def close(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc)
         self._log.close()

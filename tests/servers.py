@@ -6,14 +6,17 @@ contacted, and answers from a table of routes the test fills in.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-__all__ = ["Answer", "Hit", "RecordingServer", "free_port"]
+__all__ = ["Answer", "Hit", "RecordingServer", "free_port", "stop_group"]
 
 
 @dataclass
@@ -32,6 +35,16 @@ class Hit:
 
 
 Route = Answer | Callable[[Hit], Answer]
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and its children; SIGKILL after."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

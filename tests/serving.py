@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from typing import Any
 
 import urllib3
 
-from tests.servers import free_port
+from tests.servers import free_port, stop_group
 
 __all__ = ["HTTP", "Function", "call", "wait_listening"]
 
@@ -49,13 +48,20 @@ class Function:
     """`lsfn serve SOURCE` in a subprocess with MODEL_ROOT in ``tmp``, its log in a file."""
 
     def __init__(
-        self, source: str | Path, tmp: Path, env: dict[str, str | None], model_root: Path | None = None
+        self,
+        source: str | Path,
+        tmp: Path,
+        env: dict[str, str | None],
+        model_root: Path | None = None,
+        port: int | None = None,
     ) -> None:
         """``env`` adds to the inherited environment; a None value leaves the variable unset."""
         self.model_root = model_root or tmp / "models"
         self.model_root.mkdir(parents=True, exist_ok=True)
-        self.log_path = tmp / "function.log"
-        port = free_port()
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.log_path = tmp / f"function-{os.getpid()}-{time.monotonic_ns()}.log"
+        port = port or free_port()
+        self.port = port
         inherited = ("LABEL_STUDIO", "BASIC_AUTH", "MAX_", "FETCH_", "MODEL_", "WEBHOOK_")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
         full_env.update({"MODEL_ROOT": str(self.model_root), "LOG_LEVEL": "DEBUG"})
@@ -97,9 +103,5 @@ class Function:
         return out
 
     def close(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc)
         self.log.close()
