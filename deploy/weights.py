@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from shared.weights import file_sha256
+
 __all__ = ["WeightsFetchError", "fetch_weights", "listing_for"]
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
@@ -45,7 +47,7 @@ def fetch_weights(listing: Path, dest: Path, mirror: str | None = None, timeout:
             continue
         name, pinned = entry["name"], entry.get("sha256")
         target = dest / name
-        if pinned and target.is_file() and _sha256(target) == pinned:
+        if pinned and target.is_file() and file_sha256(target) == pinned:
             report.append(f"{name}: present, sha256 ok")
             continue
         url = f"{mirror.rstrip('/')}/{name}" if mirror else entry["url"]
@@ -76,10 +78,3 @@ def _download(url: str, target: Path, timeout: float) -> str:
     shutil.move(part.name, target)
     return digest.hexdigest()
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -292,6 +292,17 @@ def _discard(response: BaseHTTPResponse) -> None:
         response.release_conn()
 
 
+@contextmanager
+def _resolving(value: str, scheme: str) -> Iterator[None]:
+    """Name the cloud URI in a failure to fetch what Label Studio resolved it to."""
+    try:
+        yield
+    except FetchError as exc:
+        if scheme in CLOUD_SCHEMES:
+            raise FetchError(exc.status, f"{exc.message} (resolving {display_url(value)})") from None
+        raise
+
+
 def _parse_value(value: str) -> tuple[str, str]:
     """A task's data value, stripped, and its URL scheme (lower case; "" for a path)."""
     if not isinstance(value, str) or not value.strip():
@@ -376,12 +387,8 @@ class ImageFetcher:
         if scheme == "data":
             return _decode_data_url(value, self._settings.max_image_bytes)
         url, via_ls, key, basic, digest = self._target(value, scheme, task_id, credentials)
-        try:
+        with _resolving(value, scheme):
             return self._cached((key, digest), lambda: self._load(url, via_ls, basic))
-        except FetchError as exc:
-            if scheme in CLOUD_SCHEMES:
-                raise FetchError(exc.status, f"{exc.message} (resolving {display_url(value)})") from None
-            raise
 
     def fetch_to(self, value: str, sink: BinaryIO, *, limit: int, timeout: float, task_id: int | None = None,
                  credentials: tuple[str, str] | None = None) -> int:
@@ -393,12 +400,8 @@ class ImageFetcher:
             sink.write(data)
             return len(data)
         url, via_ls, _, basic, _ = self._target(value, scheme, task_id, credentials)
-        try:
+        with _resolving(value, scheme):
             return self._load(url, via_ls, basic, sink=sink, limit=limit, timeout=timeout)
-        except FetchError as exc:
-            if scheme in CLOUD_SCHEMES:
-                raise FetchError(exc.status, f"{exc.message} (resolving {display_url(value)})") from None
-            raise
 
     def _target(self, value: str, scheme: str, task_id: int | None,
                 credentials: tuple[str, str] | None) -> tuple[str, bool, str, str | None, str | None]:

@@ -12,7 +12,7 @@ import hashlib
 import threading
 from pathlib import Path
 
-__all__ = ["WeightsError", "content_hash", "resolve_weights"]
+__all__ = ["WeightsError", "content_hash", "file_sha256", "resolve_weights"]
 
 
 class WeightsError(ValueError):
@@ -33,6 +33,12 @@ def resolve_weights(root: Path, name: str) -> Path:
     return path
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in chunks (weights files are hundreds of MB)."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 _hashes: dict[tuple[Path, int, int], str] = {}
 _hash_lock = threading.Lock()
 
@@ -44,11 +50,7 @@ def content_hash(path: Path, length: int = 8) -> str:
     with _hash_lock:
         known = _hashes.get(key)
     if known is None:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-        known = digest.hexdigest()
+        known = file_sha256(path)
         with _hash_lock:
             _hashes[key] = known
     return known[:length]

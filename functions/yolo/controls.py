@@ -178,6 +178,8 @@ def regions(plan: Plan, result: Any, names: dict[int, str], size: tuple[int, int
         return out
     scores = boxes.conf.cpu().numpy()
     classes = boxes.cls.cpu().numpy().astype(int)
+    # One copy from the device per image, not one per detection (each is a CUDA sync).
+    corners = (boxes.xyxyxyxy if plan.task == "obb" else boxes.xyxy).cpu().numpy()
     name, target = plan.control.name, plan.object_name
     width, height = size
     for i, (score, cls) in enumerate(zip(scores, classes)):
@@ -185,11 +187,11 @@ def regions(plan: Plan, result: Any, names: dict[int, str], size: tuple[int, int
         if label is None or score < plan.threshold:
             continue
         if plan.task == "detect":
-            x0, y0, x1, y1 = boxes.xyxy[i].cpu().numpy().tolist()
+            x0, y0, x1, y1 = corners[i].tolist()
             value = coords.rect_to_percent(coords.PixelRect(x0, y0, x1 - x0, y1 - y0), width, height)
             out.append(results.rectangle(name, target, label, value, size=size, score=score))
         elif plan.task == "obb":
-            rect = coords.rect_from_corners(boxes.xyxyxyxy[i].cpu().numpy())
+            rect = coords.rect_from_corners(corners[i])
             value = coords.rect_to_percent(rect, width, height, clamp=False)
             out.append(results.rectangle(name, target, label, value, size=size, score=score))
         elif plan.control.tag == "BrushLabels":
@@ -237,13 +239,14 @@ def _pose(plan: Plan, result: Any, names: dict[int, str], size: tuple[int, int])
     confs = keypoints.conf.cpu().numpy() if keypoints.conf is not None else np.ones(xy.shape[:2])
     point_size = 100.0 * plan.options["point_size"] / width  # model_point_size is in pixels
     out: list[dict[str, Any]] = []
+    person_boxes = boxes.xyxy.cpu().numpy()
     for i, (score, cls) in enumerate(zip(boxes.conf.cpu().numpy(), boxes.cls.cpu().numpy().astype(int))):
         model_class = names[int(cls)]
         if model_class not in wanted or score < plan.threshold:
             continue
         parent = None
         if plan.bbox_control is not None:
-            x0, y0, x1, y1 = boxes.xyxy[i].cpu().numpy().tolist()
+            x0, y0, x1, y1 = person_boxes[i].tolist()
             value = coords.rect_to_percent(coords.PixelRect(x0, y0, x1 - x0, y1 - y0), width, height)
             bbox_label = plan.bbox_control.label_for(model_class, names.values()) or model_class
             box = results.rectangle(plan.bbox_control.name, plan.object_name, bbox_label, value, size=size, score=score)
