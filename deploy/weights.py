@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from shared.weights import file_sha256
@@ -36,10 +37,17 @@ def listing_for(function: str) -> Path:
     return listing
 
 
-def fetch_weights(listing: Path, dest: Path, mirror: str | None = None, timeout: float = 60.0) -> list[str]:
-    """Download every non-shipped entry of ``listing`` into ``dest``; lines to print. A file
-    already there with the listed sha256 is kept. ``mirror`` replaces each URL's directory."""
+def fetch_weights(listing: Path, dest: Path, mirror: str | None = None, timeout: float = 60.0,
+                  only: Sequence[str] = ()) -> list[str]:  # fmt: skip
+    """Download every non-shipped entry of ``listing`` (or those named in ``only``) into
+    ``dest``; lines to print. A file already there with the listed sha256 is kept. ``mirror``
+    replaces each URL's directory."""
     entries = json.loads(listing.read_text())["weights"]
+    unknown = set(only) - {entry["name"] for entry in entries}
+    if unknown:
+        listed = ", ".join(entry["name"] for entry in entries)
+        raise WeightsFetchError(f"{', '.join(sorted(unknown))} not in {listing} (it lists {listed})")
+    entries = [entry for entry in entries if not only or entry["name"] in only]
     dest.mkdir(parents=True, exist_ok=True)
     report = []
     for entry in entries:

@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     weights_cmd.add_argument("--dest", type=Path, default=Path(os.environ.get("MODEL_ROOT", "models")),
                              help="where to put them (default: MODEL_ROOT, else ./models)")
     weights_cmd.add_argument("--mirror", help="a base URL serving the same file names instead of the listed URLs")
+    weights_cmd.add_argument("--only", action="append", default=[], metavar="NAME",
+                             help="fetch only this file (repeatable), e.g. sam2.1_hiera_large.pt")
     connect_cmd = commands.add_parser("connect", help="connect a function to a Label Studio project")
     connect_cmd.add_argument("url", help="the function's URL, as Label Studio reaches it")
     connect_cmd.add_argument("--project", type=int, required=True, help="the Label Studio project id")
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         from deploy.weights import WeightsFetchError, fetch_weights, listing_for
 
         try:
-            for line in fetch_weights(listing_for(args.function), args.dest, args.mirror):
+            for line in fetch_weights(listing_for(args.function), args.dest, args.mirror, only=args.only):
                 print(line)
         except WeightsFetchError as exc:
             print(f"lsfn: {exc}", file=sys.stderr)

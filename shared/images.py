@@ -18,9 +18,8 @@ import re
 import socket
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from typing import Any, BinaryIO
@@ -35,6 +34,7 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util import parse_url
 from urllib3.util.ssl_ import create_urllib3_context
 
+from shared.cache import SingleFlightLRU
 from shared.settings import Settings
 from shared.ssrf import AddressPolicy, ForbiddenURL, display_url
 
@@ -241,31 +241,6 @@ class _LabelStudioAuth:
 
 # --- helpers --------------------------------------------------------------------------------------
 
-class _LRU:
-    """Bytes by key within a total byte budget, least recently used dropped first (not locked
-    itself: the fetcher's lock guards it)."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self._items: OrderedDict[tuple[str, str | None], bytes] = OrderedDict()
-        self._size = 0
-
-    def get(self, key: tuple[str, str | None]) -> bytes | None:
-        data = self._items.get(key)
-        if data is not None:
-            self._items.move_to_end(key)
-        return data
-
-    def put(self, key: tuple[str, str | None], data: bytes) -> None:
-        if len(data) > self.budget:
-            return
-        old = self._items.pop(key, None)
-        self._size += len(data) - (len(old) if old is not None else 0)
-        self._items[key] = data
-        while self._size > self.budget:
-            self._size -= len(self._items.popitem(last=False)[1])
-
-
 def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
     scheme = parts.scheme.lower()
     return scheme, (parts.hostname or "").rstrip("."), parts.port or {"http": 80, "https": 443}.get(scheme)
@@ -375,9 +350,10 @@ class ImageFetcher:
         context.load_default_certs()  # urllib3 loads them only into contexts it creates itself
         self._http = PoolManager(num_pools=16, maxsize=2 * WORKERS, ssl_context=context)
         self._http.pool_classes_by_scheme = _pool_classes(self._policy)
-        self._cache = _LRU(settings.image_cache_bytes)
+        self._cache: SingleFlightLRU[tuple[str, str | None], bytes] = SingleFlightLRU(
+            max_bytes=settings.image_cache_bytes, size=len
+        )
         self._lock = threading.Lock()
-        self._inflight: dict[tuple[str, str | None], Future[bytes]] = {}
         self._executor: ThreadPoolExecutor | None = None
 
     def fetch(self, value: str, *, task_id: int | None = None,
@@ -389,6 +365,16 @@ class ImageFetcher:
         url, via_ls, key, basic, digest = self._target(value, scheme, task_id, credentials)
         with _resolving(value, scheme):
             return self._cached((key, digest), lambda: self._load(url, via_ls, basic))
+
+    def identity(self, value: str, *, task_id: int | None = None, credentials: tuple[str, str] | None = None) -> str:
+        """A name for what ``fetch`` would return, without fetching: the URL fetched (a cloud
+        URI as written) and a digest of the credentials it is fetched with; a data: URL by
+        the hash of its text. Refuses what ``fetch`` refuses before connecting."""
+        value, scheme = _parse_value(value)
+        if scheme == "data":
+            return "data:sha256:" + hashlib.sha256(value.encode()).hexdigest()
+        _, _, key, _, digest = self._target(value, scheme, task_id, credentials)
+        return f"{key} {digest}" if digest else key
 
     def fetch_to(self, value: str, sink: BinaryIO, *, limit: int, timeout: float, task_id: int | None = None,
                  credentials: tuple[str, str] | None = None) -> int:
@@ -461,35 +447,12 @@ class ImageFetcher:
         return f"{base}/tasks/{int(task_id)}/resolve/?{urlencode({'fileuri': fileuri})}"
 
     def _cached(self, key: tuple[str, str | None], load: Callable[[], bytes]) -> bytes:
-        if self._cache.budget <= 0:
-            return load()
-        with self._lock:
-            data = self._cache.get(key)
-            pending = self._inflight.get(key) if data is None else None
-            leader = data is None and pending is None
-            if leader:
-                pending = self._inflight[key] = Future()
-        if self._on_cache is not None:
-            self._on_cache(not leader)
-        if data is not None:
-            return data
-        assert pending is not None
-        if not leader:  # the same image is being fetched right now: wait for it
-            try:
-                return pending.result(timeout=self._settings.fetch_timeout + 1.0)
-            except FutureTimeout:
-                raise FetchError(504, f"timed out waiting for {display_url(key[0])}") from None
         try:
-            data = load()
-        except BaseException as exc:
-            with self._lock:
-                del self._inflight[key]
-            pending.set_exception(exc)
-            raise
-        with self._lock:
-            self._cache.put(key, data)
-            del self._inflight[key]
-        pending.set_result(data)
+            data, hit = self._cache.get_or_load(key, load, wait=self._settings.fetch_timeout + 1.0)
+        except FutureTimeout:  # waited on another request's fetch of the same image
+            raise FetchError(504, f"timed out waiting for {display_url(key[0])}") from None
+        if self._on_cache is not None and self._cache.enabled:
+            self._on_cache(hit)
         return data
 
     def _load(self, url: str, via_ls: bool, basic: str | None, sink: BinaryIO | None = None,

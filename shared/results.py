@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from shared import coords
+from shared.masks import mask_to_polygon
 from shared.rle import mask_to_rle
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "polygon",
     "brush",
     "brush_rle",
+    "mask_region",
     "keypoint",
     "choices",
     "taxonomy",
@@ -139,6 +142,28 @@ def brush_rle(
     """A ``brushlabels`` region from Label Studio RLE of a ``size`` = (width, height) mask."""
     value = {"format": "rle", "rle": rle, "brushlabels": _labels(labels)}
     return _result("brushlabels", from_name, to_name, value, score, size, id)
+
+
+def mask_region(
+    control_tag: str,
+    from_name: str,
+    to_name: str,
+    labels: str | Sequence[str],
+    mask: np.ndarray,
+    *,
+    score: float | None = None,
+) -> Result | None:
+    """A 2-D mask at the image's size as the region its control draws: ``brushlabels`` (RLE)
+    for BrushLabels, the simplified outline of its largest part for PolygonLabels (None when
+    the mask has no part large enough to outline)."""
+    if control_tag.lower() == "brushlabels":
+        return brush(from_name, to_name, labels, mask, score=score)
+    height, width = mask.shape[:2]
+    outline = mask_to_polygon(mask)
+    if outline is None:
+        return None
+    points = coords.polygon_to_percent(outline, width, height)
+    return polygon(from_name, to_name, labels, points, size=(width, height), score=score)
 
 
 def keypoint(

@@ -15,7 +15,7 @@ import urllib3
 
 from tests.servers import free_port, stop_group
 
-__all__ = ["HTTP", "Function", "call", "wait_listening"]
+__all__ = ["HTTP", "Function", "call", "network_attempts", "network_guard", "wait_listening"]
 
 ROOT = Path(__file__).parent.parent
 HTTP = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=120))
@@ -29,6 +29,50 @@ def call(
         raw = json.dumps(body).encode()
         headers.setdefault("Content-Type", "application/json")
     return HTTP.request(method, url, body=raw, headers=headers)
+
+
+_NETWORK_GUARD = '''
+import os, socket
+_log = os.environ.get("NETWORK_ATTEMPTS")
+
+def _record(what):
+    with open(_log, "a") as fh:
+        fh.write(repr(what) + "\\n")
+    raise OSError(101, "network access is blocked in this process")
+
+def _local(host):
+    return host in (None, "localhost", "") or str(host).startswith(("127.", "::1"))
+
+_getaddrinfo, _connect = socket.getaddrinfo, socket.socket.connect
+
+def getaddrinfo(host, *args, **kwargs):
+    if not _local(host if not isinstance(host, bytes) else host.decode()):
+        _record(("getaddrinfo", host))
+    return _getaddrinfo(host, *args, **kwargs)
+
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]):
+        _record(("connect", address))
+    return _connect(self, address)
+
+if _log:
+    socket.getaddrinfo, socket.socket.connect = getaddrinfo, connect
+'''
+
+
+def network_guard(tmp: Path) -> dict[str, str]:
+    """Environment variables for a function process whose every non-loopback name lookup or
+    connection is refused and recorded (see ``network_attempts``)."""
+    guard = tmp / "guard"
+    guard.mkdir(parents=True, exist_ok=True)
+    (guard / "sitecustomize.py").write_text(_NETWORK_GUARD)
+    return {"PYTHONPATH": str(guard), "NETWORK_ATTEMPTS": str(tmp / "attempts.txt")}
+
+
+def network_attempts(tmp: Path) -> str:
+    """What a guarded process tried to reach ("" when nothing)."""
+    attempts = tmp / "attempts.txt"
+    return attempts.read_text() if attempts.exists() else ""
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:

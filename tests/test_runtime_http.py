@@ -444,7 +444,7 @@ def test_image_cache_spares_the_second_download(function: Function, label_studio
         assert call("POST", function.url + "/predict", body, basic()).status == 200
     assert label_studio.paths().count("/data/upload/2/cached.png") == 1
     metrics = call("GET", function.url + "/metrics", headers=basic()).data.decode()
-    hits = [line for line in metrics.splitlines() if line.startswith('lsfn_image_cache_lookups_total{result="hit"}')]
+    hits = [line for line in metrics.splitlines() if line.startswith('lsfn_cache_lookups_total{cache="image",result="hit"}')]
     assert hits and float(hits[0].split()[-1]) >= 2
 
 

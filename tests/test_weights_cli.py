@@ -42,6 +42,11 @@ def test_weights_are_downloaded_and_checked(tmp_path: Path) -> None:
         mirrored = lsfn("weights", str(pinned), "--dest", str(dest), "--mirror", f"{server.url}/mirror")
         assert mirrored.returncode == 0 and server.paths()[-1] == "/mirror/m.pt"
         (dest / "m.pt").unlink()
+        named = lsfn("weights", str(pinned), "--dest", str(dest), "--only", "m.pt")
+        assert named.returncode == 0 and (dest / "m.pt").read_bytes() == data
+        unknown = lsfn("weights", str(pinned), "--dest", str(dest), "--only", "other.pt")
+        assert unknown.returncode == 1 and "other.pt not in" in unknown.stderr and "shipped.pt, m.pt" in unknown.stderr
+        (dest / "m.pt").unlink()
         wrong = lsfn("weights", str(listing(tmp_path, server.url, "0" * 64)), "--dest", str(dest))
         assert wrong.returncode == 1 and "is not the listed" in wrong.stderr and not (dest / "m.pt").exists()
     finally:

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from tests import synthetic, yolo_models
 from tests.servers import Answer, RecordingServer
-from tests.serving import Function, call
+from tests.serving import Function, call, network_attempts, network_guard
 
 LEGACY_KEY = "0123456789abcdef0123456789abcdef01234567"
 RECT = """<View>
@@ -125,15 +125,10 @@ def label_studio() -> Iterator[RecordingServer]:
 @pytest.fixture(scope="module")
 def yolo(tmp_path_factory: pytest.TempPathFactory, weights: Path, label_studio: RecordingServer) -> Iterator[Function]:
     tmp = tmp_path_factory.mktemp("yolo")
-    guard = tmp / "guard"
-    guard.mkdir()
-    # Every non-loopback connection or name lookup made by the function's process is refused
-    # and recorded: ultralytics must not reach the network.
-    (guard / "sitecustomize.py").write_text(NETWORK_GUARD)
+    # ultralytics must not reach the network.
     env = {
         **yolo_models.offline_env(),
-        "PYTHONPATH": str(guard),
-        "NETWORK_ATTEMPTS": str(tmp / "attempts.txt"),
+        **network_guard(tmp),
         "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": LEGACY_KEY,
         "MAX_CONCURRENT_PREDICTIONS": "2",
@@ -145,33 +140,6 @@ def yolo(tmp_path_factory: pytest.TempPathFactory, weights: Path, label_studio: 
     fn.close()
 
 
-NETWORK_GUARD = '''
-import os, socket
-_log = os.environ.get("NETWORK_ATTEMPTS")
-
-def _record(what):
-    with open(_log, "a") as fh:
-        fh.write(repr(what) + "\\n")
-    raise OSError(101, "network access is blocked in this process")
-
-def _local(host):
-    return host in (None, "localhost", "") or str(host).startswith(("127.", "::1"))
-
-_getaddrinfo, _connect = socket.getaddrinfo, socket.socket.connect
-
-def getaddrinfo(host, *args, **kwargs):
-    if not _local(host if not isinstance(host, bytes) else host.decode()):
-        _record(("getaddrinfo", host))
-    return _getaddrinfo(host, *args, **kwargs)
-
-def connect(self, address):
-    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]):
-        _record(("connect", address))
-    return _connect(self, address)
-
-if _log:
-    socket.getaddrinfo, socket.socket.connect = getaddrinfo, connect
-'''
 
 
 def serve_images(server: RecordingServer, prefix: str, images: list[np.ndarray]) -> list[str]:
@@ -483,8 +451,7 @@ def test_no_network_was_attempted(yolo: Function, label_studio: RecordingServer)
     paths = serve_images(label_studio, "net", [held_out(1, (160, 120), seed=707)[0][0]])
     for config in (RECT, SEGMENT, CLASSIFY, POSE_OBB):
         predict(yolo, config, paths)
-    attempts = yolo.log_path.parent / "attempts.txt"
-    assert not attempts.exists(), attempts.read_text()
+    assert network_attempts(yolo.log_path.parent) == ""
 
 
 def test_taxonomy_gets_a_taxonomy_result(yolo: Function, label_studio: RecordingServer) -> None:

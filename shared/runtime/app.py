@@ -29,7 +29,8 @@ from shared.runtime.lifecycle import Loader, State
 from shared.runtime.logs import configure_logging, logger
 from shared.runtime.metrics import Metrics
 from shared.runtime.model import Model
-from shared.runtime.predict import Predictor, Timing
+from shared.runtime.predict import Predictor
+from shared.runtime.telemetry import Timing
 from shared.runtime.training import FitQueue
 from shared.settings import Settings, get_settings
 

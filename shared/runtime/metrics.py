@@ -21,8 +21,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 
 class Metrics:
-    """Request counts by route and status, latency, errors, task failures, image cache lookups,
-    predictions in flight and readiness."""
+    """Request counts by route and status, latency, errors, task failures, cache lookups, model
+    calls, predictions in flight and readiness."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -44,7 +44,12 @@ class Metrics:
             registry=r,
         )
         self.tasks = Counter("lsfn_tasks", "Tasks answered by /predict, by outcome", ["outcome"], registry=r)
-        self.cache = Counter("lsfn_image_cache_lookups", "Image cache lookups by result", ["result"], registry=r)
+        self.cache = Counter(
+            "lsfn_cache_lookups", "Cache lookups by cache (image, embedding) and result", ["cache", "result"], registry=r
+        )
+        self.model_calls = Counter(
+            "lsfn_model_calls", "Calls into the model's parts (image encoder, mask decoder, ...)", ["call"], registry=r
+        )
         self.in_flight = Gauge("lsfn_predictions_in_flight", "Predictions running now", registry=r)
         self.ready = Gauge("lsfn_model_ready", "1 once the model is loaded and warmed up", registry=r)
         self.webhooks = Counter("lsfn_webhook_events", "Webhook events by action and outcome", ["action", "outcome"], registry=r)
@@ -63,8 +68,8 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def cache_lookup(self, hit: bool) -> None:
-        self.cache.labels("hit" if hit else "miss").inc()
+    def cache_lookup(self, hit: bool, cache: str = "image") -> None:
+        self.cache.labels(cache, "hit" if hit else "miss").inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,9 +13,10 @@ from typing import Any, BinaryIO, ClassVar
 from shared.image_decode import DecodedImage
 from shared.label_config import LabelConfig
 from shared.protocol import Context, PredictRequest, Task, TaskFailure, WebhookEvent
+from shared.runtime.telemetry import Telemetry
 from shared.settings import Settings
 
-__all__ = ["Batch", "Model", "Prediction", "TaskInput"]
+__all__ = ["Batch", "ImageSource", "Model", "Prediction", "TaskInput"]
 
 # One task's answer: a prediction (shared.results.prediction), several predictions (Label Studio
 # stores each), or a TaskFailure for that task alone.
@@ -43,6 +44,18 @@ class TaskInput:
 
 
 @dataclass(frozen=True)
+class ImageSource:
+    """A task's image before anything is fetched, for a model that keeps what it computes from
+    an image (``fetch_objects`` empty, so the runtime fetches nothing itself): ``key`` names
+    the image (the URL as fetched, with the credentials it is fetched with), ``fetch()`` and
+    ``decode(data)`` get it, timed as the fetch and decode phases."""
+
+    key: str
+    fetch: Callable[[], bytes]
+    decode: Callable[[bytes], DecodedImage]
+
+
+@dataclass(frozen=True)
 class Batch:
     """What ``Model.predict`` receives: tasks in request order, the parsed label config, and the
     interactive context (None for batch pre-annotation)."""
@@ -54,6 +67,11 @@ class Batch:
     # fetch_file(value, task_id, sink) streams a video into a file (MAX_VIDEO_BYTES), -> size.
     fetch: Callable[[str, int | None], bytes]
     fetch_file: Callable[[str, int | None, BinaryIO], int]
+    # Phase times (Server-Timing), cache lookups and model calls (/metrics) of this request.
+    telemetry: Telemetry
+    # The source of a task's image by object name; raises HTTPError 422 when the task's data
+    # has no such field.
+    source: Callable[[TaskInput, str], ImageSource]
 
     @property
     def context(self) -> Context | None:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -21,12 +19,13 @@ import numpy as np
 
 from shared.image_decode import DecodedImage, decode_image
 from shared.images import ImageFetcher
-from shared.label_config import LabelConfig, LabelConfigError
+from shared.label_config import LabelConfig, LabelConfigError, ObjectTag
 from shared.protocol import PredictRequest, ProtocolError, Task, TaskFailure, predict_response
 from shared.runtime.errors import HTTPError, client_error
 from shared.runtime.logs import logger
 from shared.runtime.metrics import Metrics
-from shared.runtime.model import Batch, Model, Prediction, TaskInput
+from shared.runtime.model import Batch, ImageSource, Model, Prediction, TaskInput
+from shared.runtime.telemetry import Telemetry, Timing
 from shared.settings import Settings
 from shared.weights import WeightsError
 
@@ -34,27 +33,6 @@ __all__ = ["CHUNK_TASKS", "Predictor", "Timing"]
 
 # Tasks fetched, decoded and predicted together; a batch larger than this goes in chunks.
 CHUNK_TASKS = 8
-
-
-class Timing:
-    """Phase durations of one request, for the ``Server-Timing`` header and the metrics."""
-
-    def __init__(self) -> None:
-        self.phases: dict[str, float] = {}
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - started
-
-    def header(self, total: float) -> str:
-        if not self.phases:
-            return ""
-        parts = [f"{name};dur={seconds * 1000:.1f}" for name, seconds in self.phases.items()]
-        return ", ".join([*parts, f"total;dur={total * 1000:.1f}"])
 
 
 def _json_default(value: Any) -> Any:
@@ -93,6 +71,16 @@ class _Fetched:
     errors: dict[int, HTTPError]  # tasks whose data has no usable value
 
 
+def _task_value(task: Task, obj: ObjectTag) -> str:
+    """The task data an object points at (``<Image name="image" value="$image">``: data.image)."""
+    key = obj.value_key or ""
+    value = task.data.get(key)
+    if not isinstance(value, str) or not value:
+        problem = "has no" if value is None else "has a non-text"
+        raise HTTPError(422, "invalid task", f"task {task.id}: data {problem} {key!r} field (<{obj.tag} name={obj.name!r} value=${key}>)")
+    return value
+
+
 def _credentials(request: PredictRequest) -> tuple[str, str] | None:
     """The project's task-data login (basic auth for its non-Label-Studio URLs), if set."""
     params = request.params
@@ -127,7 +115,7 @@ class Predictor:
             predictions: list[Prediction | HTTPError] = []
             if ready:
                 with timing.phase("predict"):
-                    predictions = self._predict(ready, config, request, request_id)
+                    predictions = self._predict(ready, config, request, timing, request_id)
             answers = iter(predictions)
             items.extend(next(answers) if isinstance(i, TaskInput) else i for i in inputs)
             del inputs, ready, predictions, fetched  # this chunk's images
@@ -179,16 +167,14 @@ class Predictor:
         errors: dict[int, HTTPError] = {}
         for index, task in enumerate(tasks):
             for name, obj in targets.items():
-                key = obj.value_key or ""
-                value = task.data.get(key)
-                if not isinstance(value, str) or not value:
-                    problem = "has no" if value is None else "has a non-text"
-                    errors[index] = HTTPError(
-                        422, "invalid task", f"task {task.id}: data {problem} {key!r} field (<{obj.tag} name={name!r} value=${key}>)"
-                    )
+                try:
+                    wanted.append((index, name, _task_value(task, obj)))
+                except HTTPError as exc:
+                    errors[index] = exc
                     break
-                wanted.append((index, name, value))
         wanted = [w for w in wanted if w[0] not in errors]
+        if not wanted:  # a model that fetches its own images (fetch_objects empty)
+            return _Fetched(wanted, [], errors)
         with timing.phase("fetch"):
             fetched = self.fetcher.fetch_many([(v, tasks[i].id, credentials) for i, _, v in wanted])
         return _Fetched(wanted, fetched, errors)
@@ -197,8 +183,10 @@ class Predictor:
         """Tasks with their images decoded, or the error that fails each."""
         wanted, fetched, errors = fetch.wanted, fetch.fetched, dict(fetch.errors)
         decodable = [(w, data) for w, data in zip(wanted, fetched) if isinstance(data, bytes)]
-        with timing.phase("decode"):
-            decoded = list(self._decode_pool.map(self._decode, [data for _, data in decodable]))
+        decoded: list[DecodedImage | BaseException] = []
+        if decodable:
+            with timing.phase("decode"):
+                decoded = list(self._decode_pool.map(self._decode, [data for _, data in decodable]))
 
         images: dict[int, dict[str, DecodedImage]] = {}
         outcomes = iter(decoded)
@@ -224,9 +212,10 @@ class Predictor:
     # -- the model ------------------------------------------------------------------------------
 
     def _predict(
-        self, inputs: Sequence[TaskInput], config: LabelConfig, request: PredictRequest, request_id: str
+        self, inputs: Sequence[TaskInput], config: LabelConfig, request: PredictRequest, timing: Timing, request_id: str
     ) -> list[Prediction | HTTPError]:
         credentials = _credentials(request)
+        max_pixels = self.settings.max_image_pixels
 
         def fetch(value: str, task_id: int | None) -> bytes:
             return self.fetcher.fetch(value, task_id=task_id, credentials=credentials)
@@ -235,7 +224,27 @@ class Predictor:
             limit, timeout = self.settings.max_video_bytes, self.settings.video_fetch_timeout
             return self.fetcher.fetch_to(value, sink, limit=limit, timeout=timeout, task_id=task_id, credentials=credentials)
 
-        batch = Batch(tasks=inputs, label_config=config, request=request, fetch=fetch, fetch_file=fetch_file)
+        def source(task: TaskInput, object_name: str) -> ImageSource:
+            obj = config.objects.get(object_name)
+            if obj is None:
+                raise LabelConfigError(f"the label config has no object named {object_name!r}")
+            value = _task_value(task.task, obj)
+
+            def fetch_image() -> bytes:
+                with timing.phase("fetch"):
+                    return self.fetcher.fetch(value, task_id=task.id, credentials=credentials)
+
+            def decode(data: bytes) -> DecodedImage:
+                with timing.phase("decode"):
+                    return decode_image(data, max_pixels)
+
+            key = self.fetcher.identity(value, task_id=task.id, credentials=credentials)
+            return ImageSource(key=key, fetch=fetch_image, decode=decode)
+
+        batch = Batch(
+            tasks=inputs, label_config=config, request=request, fetch=fetch, fetch_file=fetch_file,
+            telemetry=Telemetry(timing, self.metrics), source=source,
+        )
         try:
             out = list(self.model.predict(batch))
             if len(out) != len(inputs):
@@ -253,4 +262,4 @@ class Predictor:
             if len(inputs) == 1:
                 return [self._task_error(exc, inputs[0].id, request_id)]
         # One task sank the batch: run each alone so the others are still answered.
-        return [self._predict([task], config, request, request_id)[0] for task in inputs]
+        return [self._predict([task], config, request, timing, request_id)[0] for task in inputs]
