@@ -75,8 +75,10 @@ class SingleFlightLRU(Generic[K, V]):
             pending.set_exception(exc)
             raise
         with self._lock:
-            self._put(key, value)
-            del self._inflight[key]
+            try:
+                self._put(key, value)
+            finally:  # waiters must never wait on a key nobody loads
+                del self._inflight[key]
         pending.set_result(value)
         return value, False
 

@@ -357,13 +357,17 @@ class ImageFetcher:
         self._executor: ThreadPoolExecutor | None = None
 
     def fetch(self, value: str, *, task_id: int | None = None,
-              credentials: tuple[str, str] | None = None) -> bytes:
-        """The bytes ``value`` (a task's image field) points to; raises FetchError or ForbiddenURL."""
+              credentials: tuple[str, str] | None = None, cached: bool = True) -> bytes:
+        """The bytes ``value`` (a task's image field) points to; raises FetchError or ForbiddenURL.
+        ``cached=False`` fetches afresh and keeps nothing (for a caller that keeps what it
+        derives from the bytes and fetches again only to check them)."""
         value, scheme = _parse_value(value)
         if scheme == "data":
             return _decode_data_url(value, self._settings.max_image_bytes)
         url, via_ls, key, basic, digest = self._target(value, scheme, task_id, credentials)
         with _resolving(value, scheme):
+            if not cached:
+                return self._load(url, via_ls, basic)
             return self._cached((key, digest), lambda: self._load(url, via_ls, basic))
 
     def identity(self, value: str, *, task_id: int | None = None, credentials: tuple[str, str] | None = None) -> str:
@@ -374,7 +378,7 @@ class ImageFetcher:
         if scheme == "data":
             return "data:sha256:" + hashlib.sha256(value.encode()).hexdigest()
         _, _, key, _, digest = self._target(value, scheme, task_id, credentials)
-        return f"{key} {digest}" if digest else key
+        return repr((key, digest))
 
     def fetch_to(self, value: str, sink: BinaryIO, *, limit: int, timeout: float, task_id: int | None = None,
                  credentials: tuple[str, str] | None = None) -> int:
@@ -396,7 +400,9 @@ class ImageFetcher:
             url = self._label_studio(f"{urlsplit(value).path} is a Label Studio path") + value
             via_ls, key = True, url
         elif scheme in CLOUD_SCHEMES:
-            url, via_ls, key = self._resolve_url(value, task_id), True, value
+            # Label Studio resolves a URI for a task of a project whose storage holds it: a
+            # URI in another project's task must be resolved (and maybe refused) for that task.
+            url, via_ls, key = self._resolve_url(value, task_id), True, f"{value} (task {task_id})"
         else:
             parts = self._policy.check_url(value)
             url, key = value, value

@@ -10,6 +10,7 @@ negative here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,10 +20,14 @@ from shared import coords
 from shared.label_config import Control, LabelConfig
 from shared.protocol import Context, ContextRegion, ProtocolError
 
-__all__ = ["NEGATIVE_LABELS", "PROMPT_TYPES", "Prompts", "mask_control", "output_label", "prompts_for"]
+__all__ = ["MAX_BOXES", "MAX_POINTS", "NEGATIVE_LABELS", "PROMPT_TYPES", "Prompts", "mask_control", "output_label", "prompts_for"]
 
 # Label values that make a click negative (compared case-insensitively).
-NEGATIVE_LABELS = frozenset({"negative", "background"})
+NEGATIVE_LABELS = frozenset({"negative"})
+# Prompts one request may carry: each box is a decoder prompt of its own, so their number
+# bounds the work and memory of a request (an annotator sends a few).
+MAX_POINTS = 64
+MAX_BOXES = 16
 # Region types that prompt a segmenting model.
 PROMPT_TYPES = ("keypointlabels", "keypoint", "rectanglelabels", "rectangle")
 # Controls whose regions a mask answers, in order of preference.
@@ -50,6 +55,15 @@ def _is_negative(region: ContextRegion) -> bool:
     return bool(labels) and all(label.strip().lower() in NEGATIVE_LABELS for label in labels)
 
 
+def _inside(point: tuple[float, float], width: int, height: int) -> tuple[float, float]:
+    """A pixel point moved onto the image (a click is on it; a number like 1e40 would
+    overflow the model's float32 and come back as a NaN score)."""
+    x, y = point
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError(f"the point ({x}, {y}) is not on the image")
+    return min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height))
+
+
 def prompts_for(context: Context | None, object_name: str, width: int, height: int) -> Prompts:
     """The points and boxes drawn on the object ``object_name`` (an image of ``width`` x
     ``height`` pixels as decoded), in pixels. Regions on other objects are left out. A region
@@ -62,18 +76,27 @@ def prompts_for(context: Context | None, object_name: str, width: int, height: i
     for region in regions:
         if region.to_name not in (None, object_name):
             continue
+        name = region.id or region.type
+        if region.image_rotation:
+            # Where a rotated view's percentages point in the stored image is not settled
+            # (PROTOCOL.md); a mask in the wrong place is worse than a clear refusal.
+            raise ProtocolError("params.context.result", f"region {name!r} was drawn on an image rotated by {region.image_rotation} degrees; rotate it back to 0")
         negative = _is_negative(region)
         try:
             if region.type.lower().startswith("keypoint"):
-                points.append(coords.keypoint_from_percent(region.value, width, height))
+                points.append(_inside(coords.keypoint_from_percent(region.value, width, height), width, height))
                 positive.append(not negative)
             else:
-                rect = coords.rect_from_percent(region.value, width, height)
-                boxes.append(coords.box_xyxy(rect))
+                x0, y0, x1, y1 = coords.box_xyxy(coords.rect_from_percent(region.value, width, height))
+                boxes.append((*_inside((x0, y0), width, height), *_inside((x1, y1), width, height)))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError("params.context.result", f"region {region.id or region.type!r} is not a usable {region.type}: {exc}") from None
+            raise ProtocolError("params.context.result", f"region {name!r} is not a usable {region.type}: {exc}") from None
         if not negative:
             labels.extend(region.labels)
+    if len(points) > MAX_POINTS or len(boxes) > MAX_BOXES:
+        raise ProtocolError(
+            "params.context.result", f"{len(points)} points and {len(boxes)} boxes; at most {MAX_POINTS} and {MAX_BOXES} per request"
+        )
     return Prompts(
         points=np.asarray(points, dtype=np.float32).reshape(-1, 2),
         positive=np.asarray(positive, dtype=bool),

@@ -1,4 +1,4 @@
-"""End to end: a real Label Studio server uses the YOLO function as its project's model.
+"""End to end: a real Label Studio server uses the YOLO and SAM 2 functions as its projects' models.
 
 Everything is driven through Label Studio's REST API, as a user's browser would; the function
 (`lsfn serve yolo`, tiny models trained on synthetic shapes) fetches the uploaded images from
@@ -18,7 +18,13 @@ from label_studio_sdk.converter.brush import decode_rle
 
 from tests import synthetic, yolo_models
 from tests.label_studio import LEGACY_TOKEN, LabelStudioServer
+from tests.sam2_models import TINY_CHECKPOINT, Reference, write_checkpoint
 from tests.serving import Function
+from tests.test_sam2_http import SMART as SAM2_SMART
+from tests.test_sam2_http import box as sam2_box
+from tests.test_sam2_http import brush_mask as sam2_brush_mask
+from tests.test_sam2_http import iou as sam2_iou
+from tests.test_sam2_http import point as sam2_point
 from tests.test_yolo_http import EXPECTED_LABEL, RECT, SEGMENT, box_iou, held_out, iou
 
 pytestmark = pytest.mark.e2e
@@ -259,3 +265,48 @@ def test_a_stopped_function_is_reported_and_a_restarted_one_works(
         assert stored(label_studio, task)[0]["result"]
     finally:
         fn.close()
+
+
+# -- SAM 2 ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sam2_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("e2e-sam2-weights") / TINY_CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def sam2(tmp_path_factory: pytest.TempPathFactory, label_studio: LabelStudioServer, sam2_weights: Path) -> Iterator[Function]:
+    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": LEGACY_TOKEN, "MODEL_SIZE": "tiny"}
+    fn = Function("sam2", tmp_path_factory.mktemp("e2e-sam2"), env, sam2_weights.parent)
+    fn.wait_ready()
+    yield fn
+    fn.close()
+
+
+def test_sam2_click_and_box_through_label_studio(label_studio: LabelStudioServer, sam2: Function, sam2_weights: Path) -> None:
+    """An annotator's smart keypoint click, then a box, on an uploaded image: Label Studio
+    forwards each to the SAM 2 function and hands its brush mask back to the browser."""
+    pixels = held_out(1, (160, 120), seed=1009, shapes=3)[0][0]
+    project = make_project(label_studio, SAM2_SMART, [pixels])
+    connected = lsfn_connect(label_studio, project, sam2.url, "--interactive")
+    assert connected.returncode == 0, connected.stdout + connected.stderr
+    backend = ml_backend(label_studio, project)
+    (task,) = tasks_by_image(label_studio, project).values()
+    reference = Reference(sam2_weights)
+    prompts = [
+        ([sam2_point(80, 60, (160, 120), label="Dog")], reference(pixels, [(80, 60)], [1], multimask=True), "Dog"),
+        ([sam2_box(20, 15, 120, 100, (160, 120))], reference(pixels, box=(20, 15, 120, 100)), "Cat"),
+    ]
+    for regions, expected, label in prompts:
+        body = {"task": task["id"], "context": {"result": regions}}
+        response = label_studio.api("POST", f"/api/ml/{backend['id']}/interactive-annotating", body)
+        assert response.status == 200, response.data
+        answer = response.json()
+        assert "errors" not in answer, answer
+        (region,) = answer["data"]["result"]
+        assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == [label]
+        mask = sam2_brush_mask(region)
+        assert mask.shape == (120, 160)
+        assert sam2_iou(mask, expected) >= 0.99
+    assert not stored(label_studio, task)

@@ -29,6 +29,7 @@ from shared import images
 from shared.images import FetchError, ImageFetcher
 from shared.settings import Settings
 from shared.ssrf import ForbiddenURL
+from shared.ssrf import ForbiddenURL
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4  # never decoded here: any bytes do
 LEGACY_KEY = "0123456789abcdef0123456789abcdef01234567"
@@ -306,6 +307,11 @@ def test_cloud_uri_bytes_proxied_by_label_studio_and_failures(servers, fetchers)
 
     error = fetch_error(fetcher, "s3://bucket/a.png", task_id=None)
     assert error.status == 422 and "task id" in error.message
+    # Another task naming the same URI is resolved for itself (its project may have no such
+    # storage), not served from the first task's fetch.
+    ls.routes["/tasks/5/resolve/"] = lambda h: reply(h, 403, b'{"detail": "no storage"}')
+    assert fetch_error(fetcher, "s3://bucket/a.png", task_id=5).status == 502
+    assert len(ls.hits("/tasks/3/resolve/")) == 1 and fetcher.fetch("s3://bucket/a.png", task_id=3) == IMAGE
     error = fetch_error(fetcher, "s3://bucket/none.png", task_id=4)  # no matching storage: 404
     assert error.status == 502 and "404" in error.message and "s3://bucket/none.png" in error.message
 
@@ -600,6 +606,9 @@ def test_a_cached_image_is_not_fetched_again(servers, fetchers) -> None:
     fetcher = fetchers(on_cache=hits.append, FETCH_ALLOWED_HOSTS="127.0.0.2")
     assert fetcher.fetch(files.url + "/x.jpg") == fetcher.fetch(files.url + "/x.jpg") == IMAGE
     assert len(files.requests) == 1 and hits == [False, True]
+    files.routes["/x.jpg"] = serve(b"new")
+    assert fetcher.fetch(files.url + "/x.jpg", cached=False) == b"new" and len(files.requests) == 2
+    assert fetcher.fetch(files.url + "/x.jpg") == IMAGE and hits == [False, True, True]  # not stored either
 
 
 def test_the_cache_keeps_its_byte_budget_least_recently_used_first(servers, fetchers) -> None:
@@ -610,6 +619,19 @@ def test_the_cache_keeps_its_byte_budget_least_recently_used_first(servers, fetc
     for name in "abacab":  # c evicts b (a was used more recently); b then evicts c
         assert fetcher.fetch(f"{files.url}/{name}") == name.encode() * 100
     assert [len(files.hits(f"/{name}")) for name in "abc"] == [1, 2, 1]
+
+
+def test_identity_names_what_a_fetch_would_get_without_fetching(fetchers, connections) -> None:
+    fetcher = fetchers(LABEL_STUDIO_URL="http://ls.example:8080", LABEL_STUDIO_API_KEY=LEGACY_KEY)
+    same = fetcher.identity("/data/upload/1/a.png") == fetcher.identity("  /data/upload/1/a.png")
+    assert same and fetcher.identity("/data/upload/1/a.png") != fetcher.identity("/data/upload/1/b.png")
+    url = "https://files.example/a b.png"
+    assert fetcher.identity(url) != fetcher.identity(url, credentials=("u", "p")) != fetcher.identity(url, credentials=("u", "q"))
+    assert fetcher.identity("s3://b/a.png", task_id=1) != fetcher.identity("s3://b/a.png", task_id=2)
+    assert fetcher.identity("data:image/png;base64,AAAA") != fetcher.identity("data:image/png;base64,AAAB")
+    with pytest.raises(ForbiddenURL):
+        fetcher.identity("file:///etc/passwd")
+    assert connections == []  # nothing was fetched
 
 
 def test_cache_entries_are_per_credentials(servers, fetchers) -> None:

@@ -12,7 +12,7 @@ from label_studio_sdk.converter.brush import decode_rle
 
 from shared import results
 from shared.label_config import LabelConfigError, parse_label_config
-from shared.prompts import mask_control, output_label, prompts_for
+from shared.prompts import MAX_BOXES, MAX_POINTS, mask_control, output_label, prompts_for
 from shared.protocol import Context, ProtocolError
 
 SIZE = (200, 100)
@@ -49,6 +49,28 @@ def test_a_rotated_box_becomes_the_box_around_it() -> None:
     (x0, y0, x1, y1), = prompts_for(ctx, "image", 100, 100).boxes.tolist()  # fmt: skip
     # Rotated 90 degrees clockwise about its top-left corner (50, 50): 20 wide, 10 tall.
     assert (x0, y0, x1, y1) == pytest.approx((30, 50, 50, 60))
+
+
+def test_far_away_points_land_on_the_edge_and_too_many_prompts_are_refused() -> None:
+    ctx = context(
+        region("keypointlabels", {"x": 1e40, "y": -5}),
+        region("rectanglelabels", {"x": -10, "y": 50, "width": 1e6, "height": 10, "rotation": 0}),
+    )
+    prompts = prompts_for(ctx, "image", *SIZE)
+    assert prompts.points.tolist() == [[200, 0]] and prompts.boxes.tolist() == [[0, 50, 200, 60]]
+    with pytest.raises(ProtocolError, match="not on the image"):
+        prompts_for(context(region("rectanglelabels", {"x": 1, "y": 1, "width": 1e308, "height": 1})), "image", *SIZE)
+    many = [region("keypointlabels", {"x": 1, "y": 1})] * (MAX_POINTS + 1)
+    with pytest.raises(ProtocolError, match="at most 64"):
+        prompts_for(context(*many), "image", *SIZE)
+    boxes = [region("rectanglelabels", {"x": 1, "y": 1, "width": 5, "height": 5})] * (MAX_BOXES + 1)
+    with pytest.raises(ProtocolError, match="17 boxes"):
+        prompts_for(context(*boxes), "image", *SIZE)
+
+
+def test_a_rotated_image_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="rotated by 90"):
+        prompts_for(context(region("keypointlabels", {"x": 1, "y": 1}, image_rotation=90)), "image", *SIZE)
 
 
 def test_no_prompts() -> None:

@@ -48,7 +48,9 @@ class ImageSource:
     """A task's image before anything is fetched, for a model that keeps what it computes from
     an image (``fetch_objects`` empty, so the runtime fetches nothing itself): ``key`` names
     the image (the URL as fetched, with the credentials it is fetched with), ``fetch()`` and
-    ``decode(data)`` get it, timed as the fetch and decode phases."""
+    ``decode(data)`` get it, timed as the fetch and decode phases. ``fetch()`` always asks the
+    source (the image cache is not used): the model's own cache answers repeats, and it
+    fetches only when it needs the current bytes."""
 
     key: str
     fetch: Callable[[], bytes]

@@ -232,7 +232,7 @@ class Predictor:
 
             def fetch_image() -> bytes:
                 with timing.phase("fetch"):
-                    return self.fetcher.fetch(value, task_id=task.id, credentials=credentials)
+                    return self.fetcher.fetch(value, task_id=task.id, credentials=credentials, cached=False)
 
             def decode(data: bytes) -> DecodedImage:
                 with timing.phase("decode"):

@@ -1,0 +1,73 @@
+"""Image embeddings of recently seen images, so a follow-up click costs only the mask decoder.
+
+Entries are keyed by the sha256 of the image's bytes, and each image source's key (its URL and
+credentials, see ``ImageSource``) remembers the content hash it was fetched as, for
+``url_ttl`` seconds: a click on an image seen that recently skips the fetch, the decode and
+the encoder; after that, or under another URL, the image is fetched again and same bytes skip
+the decode and the encoder (a file replaced under its URL, or access taken away, is noticed
+within ``url_ttl``). Concurrent first clicks on one image encode it once. Nothing depends on
+an entry being present: a miss fetches and encodes again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+
+from functions.sam2.engine import Embedding, Sam2Engine
+from shared.cache import SingleFlightLRU
+from shared.runtime.model import ImageSource
+from shared.runtime.telemetry import Telemetry
+
+__all__ = ["EmbeddingCache"]
+
+# Source keys remembered per cache entry (an image reached by several URLs needs a few).
+_ALIASES_PER_ENTRY = 4
+
+
+class EmbeddingCache:
+    """Embeddings within ``max_entries`` and ``max_bytes`` (on the model's device)."""
+
+    def __init__(self, engine: Sam2Engine, *, max_entries: int, max_bytes: int, url_ttl: float) -> None:
+        self.engine = engine
+        self._embeddings: SingleFlightLRU[str, Embedding] = SingleFlightLRU(
+            max_bytes=max_bytes, max_entries=max_entries, size=lambda e: e.nbytes
+        )
+        self.url_ttl = url_ttl
+        # source key -> (content hash, when it was fetched as that)
+        self._aliases: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._alias_limit = max(1, max_entries) * _ALIASES_PER_ENTRY
+        self._lock = threading.Lock()
+
+    def embedding(self, source: ImageSource, telemetry: Telemetry, size: tuple[int, int] | None = None) -> Embedding:
+        """The embedding of the image ``source`` names. ``size`` (width, height), when the
+        caller knows what the annotator sees, rules out a remembered image of another size
+        (a file replaced under the same URL)."""
+        with self._lock:
+            alias = self._aliases.get(source.key)
+        content = alias[0] if alias is not None and time.monotonic() - alias[1] < self.url_ttl else None
+        if content is not None:
+            found = self._embeddings.get(content)
+            if found is not None and (size is None or size == (found.width, found.height)):
+                telemetry.cache_lookup("embedding", True)
+                return found
+        data = source.fetch()
+        content = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            self._aliases[source.key] = (content, time.monotonic())
+            self._aliases.move_to_end(source.key)
+            while len(self._aliases) > self._alias_limit:
+                self._aliases.popitem(last=False)
+
+        def encode() -> Embedding:
+            image = source.decode(data)
+            with telemetry.phase("image-encoder"):
+                embedded = self.engine.embed(image.pixels)
+            telemetry.count("sam2_image_encoder")
+            return embedded
+
+        embedded, hit = self._embeddings.get_or_load(content, encode)
+        telemetry.cache_lookup("embedding", hit)
+        return embedded
