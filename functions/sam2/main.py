@@ -18,9 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from functions.sam2.engine import SIZES, Embedding, Sam2Engine
 from functions.sam2.embeddings import EmbeddingCache
 from shared import results
+from shared.label_config import Control, LabelConfig
 from shared.prompts import PROMPT_TYPES, mask_control, output_label, prompts_for
 from shared.protocol import Context
-from shared.label_config import Control, LabelConfig
 from shared.runtime import Batch, Model, Prediction, create_app, http_target
 from shared.weights import WeightsError, content_hash, resolve_weights
 
