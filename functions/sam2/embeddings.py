@@ -15,6 +15,9 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
 
 from functions.sam2.engine import Embedding, Sam2Engine
 from shared.cache import SingleFlightLRU
@@ -61,10 +64,16 @@ class EmbeddingCache:
             while len(self._aliases) > self._alias_limit:
                 self._aliases.popitem(last=False)
 
+        return self.encoded(content, lambda: source.decode(data).pixels, telemetry)
+
+    def encoded(self, content: str, pixels: Callable[[], np.ndarray], telemetry: Telemetry) -> Embedding:
+        """The embedding of the image whose content hash is ``content``; ``pixels()`` gives
+        the image when it must be encoded."""
+
         def encode() -> Embedding:
-            image = source.decode(data)
+            image = pixels()
             with telemetry.phase("image-encoder"):
-                embedded = self.engine.embed(image.pixels)
+                embedded = self.engine.embed(image)
             telemetry.count("sam2_image_encoder")
             return embedded
 
