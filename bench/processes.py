@@ -9,10 +9,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-__all__ = ["free_port", "start_group", "stop_group", "wait_healthy"]
+__all__ = ["free_port", "serve_function", "start_group", "stop_group", "wait_healthy"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -59,3 +60,17 @@ def wait_healthy(process: subprocess.Popen[bytes], port: int, timeout: float, ho
                 conn.close()
         time.sleep(0.05)
     return f"/health did not answer 200 within {timeout:g} s"
+
+
+def serve_function(name: str, root: Path, env: dict[str, str], log: Path, host: str = "127.0.0.1",
+                   timeout: float = 600) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
+    """`lsfn serve NAME` on a free port, once /health answers 200: (process, port). Exits with
+    the function's log when it does not become ready."""
+    port = free_port(host)
+    argv = [sys.executable, "-m", "shared.cli", "serve", name, "--port", str(port), "--host", host]
+    process = start_group(argv, root, env, log)
+    why = wait_healthy(process, port, timeout, host)
+    if why is not None:
+        stop_group(process)
+        raise SystemExit(f"the {name} function {why}:\n{log.read_text(errors='replace')[-4000:]}")
+    return process, port

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from processes import free_port, start_group, stop_group, wait_healthy  # bench/
+from processes import serve_function, stop_group  # bench/
 from yolo_batch import HOST, ImageServer, make_jpeg, post_predict, server_timing  # bench/
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,18 +108,12 @@ def main() -> int:
         files = {f"/data/upload/1/sam-{i}.jpg": make_jpeg(width, height, rng) for i in range(args.images)}
         images = ImageServer(files, TOKEN, args.latency / 1000)
         images.start()
-        port = free_port()
         env = {
             **os.environ, "MODEL_ROOT": str(models), "MODEL_SIZE": args.size, "MODEL_CHECKPOINT": str(checkpoint.resolve()),
             "DEVICE": args.device, "LABEL_STUDIO_URL": images.url, "LABEL_STUDIO_API_KEY": TOKEN, "LOG_LEVEL": "WARNING",
         }  # fmt: skip
-        log = tmp / "function.log"
-        argv = [sys.executable, "-m", "shared.cli", "serve", "sam2", "--port", str(port), "--host", HOST]
-        process = start_group(argv, ROOT, env, log)
+        process, port = serve_function("sam2", ROOT, env, tmp / "function.log", HOST)
         try:
-            why = wait_healthy(process, port, 600, HOST)
-            if why is not None:
-                raise SystemExit(f"sam2_clicks: the function {why}:\n{log.read_text(errors='replace')[-4000:]}")
             conn = http.client.HTTPConnection(HOST, port, timeout=600)
             first: list[tuple[float, dict[str, float]]] = []
             follow: list[tuple[float, dict[str, float]]] = []

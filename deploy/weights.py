@@ -17,7 +17,7 @@ from pathlib import Path
 
 from shared.weights import file_sha256
 
-__all__ = ["WeightsFetchError", "fetch_weights", "listing_for"]
+__all__ = ["WeightsFetchError", "fetch_weights", "listed_weights", "listing_for"]
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 
@@ -42,7 +42,7 @@ def fetch_weights(listing: Path, dest: Path, mirror: str | None = None, timeout:
     """Download every non-shipped entry of ``listing`` (or those named in ``only``) into
     ``dest``; lines to print. A file already there with the listed sha256 is kept. ``mirror``
     replaces each URL's directory."""
-    entries = json.loads(listing.read_text())["weights"]
+    entries = listed_weights(listing)
     unknown = set(only) - {entry["name"] for entry in entries}
     if unknown:
         listed = ", ".join(entry["name"] for entry in entries)
@@ -59,12 +59,22 @@ def fetch_weights(listing: Path, dest: Path, mirror: str | None = None, timeout:
             report.append(f"{name}: present, sha256 ok")
             continue
         url = f"{mirror.rstrip('/')}/{name}" if mirror else entry["url"]
+        target.parent.mkdir(parents=True, exist_ok=True)  # a model folder's files: "folder/file"
         digest = _download(url, target, timeout)
         if pinned and digest != pinned:
             target.unlink()
             raise WeightsFetchError(f"{name}: sha256 {digest} from {url} is not the listed {pinned}; file removed")
         report.append(f"{name}: sha256 {digest}" + ("" if pinned else " (not pinned in weights.json: record it)"))
     return report
+
+
+def listed_weights(listing: Path) -> list[dict]:
+    """A listing's weights, then those of the functions it includes (Grounding SAM: both models)."""
+    document = json.loads(listing.read_text())
+    entries = list(document.get("weights", []))
+    for function in document.get("include", []):
+        entries.extend(listed_weights(listing_for(function)))
+    return entries
 
 
 def _download(url: str, target: Path, timeout: float) -> str:

@@ -49,6 +49,17 @@ GROUNDING_SAM = """<View>
   </BrushLabels>
 </View>"""
 
+# Grounding DINO: a typed prompt, or the labels and their synonyms, in; boxes out.
+TEXT_PROMPT_BOXES = """<View>
+  <Image name="image" value="$image"/>
+  <TextArea name="prompt" toName="image" editable="true" rows="2" maxSubmissions="1" showSubmitButton="true"/>
+  <RectangleLabels name="label" toName="image">
+    <Label value="cats" predicted_values="cat,kitten"/>
+    <Label value="house"/>
+    <Label value="traffic_light"/>
+  </RectangleLabels>
+</View>"""
+
 # YOLO: threshold, custom weights and class mapping on the control.
 YOLO_RECT = """<View>
   <Image name="image" value="$image"/>

@@ -46,13 +46,6 @@ def reference(weights: Path) -> Reference:
     return Reference(weights / TINY_CHECKPOINT)
 
 
-@pytest.fixture(scope="module")
-def label_studio() -> Iterator[RecordingServer]:
-    server = RecordingServer()
-    yield server
-    server.close()
-
-
 def serve_sam2(tmp: Path, weights: Path, label_studio: RecordingServer, **env: str) -> Function:
     full = {
         **network_guard(tmp),

@@ -8,17 +8,9 @@ from typing import Any
 from shared.label_config import parse_label_config
 from shared.protocol import Context
 from shared.text_prompts import text_prompt
+from tests import configs
 
-CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <TextArea name="prompt" toName="image" editable="true" rows="2" maxSubmissions="1" showSubmitButton="true"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="cats" predicted_values="cat,kitten"/>
-    <Label value="house"/>
-    <Label value="traffic_light"/>
-  </RectangleLabels>
-</View>"""
-CONTROL = parse_label_config(CONFIG).control("label")
+CONTROL = parse_label_config(configs.TEXT_PROMPT_BOXES).control("label")
 
 
 def typed(*texts: Any) -> Context:

@@ -53,6 +53,13 @@ def test_weights_are_downloaded_and_checked(tmp_path: Path) -> None:
         server.close()
 
 
+def test_a_listing_includes_other_functions_lists() -> None:
+    from deploy.weights import listed_weights, listing_for
+
+    names = [entry["name"] for entry in listed_weights(listing_for("grounding_sam"))]
+    assert "grounding-dino-tiny/model.safetensors" in names and "sam2.1_hiera_large.pt" in names
+
+
 def test_an_unreachable_source_is_explained(tmp_path: Path) -> None:
     dest = tmp_path / "models"
     done = lsfn("weights", str(listing(tmp_path, f"http://127.0.0.1:{free_port()}", None)), "--dest", str(dest))

@@ -116,13 +116,6 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def label_studio() -> Iterator[RecordingServer]:
-    server = RecordingServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def yolo(tmp_path_factory: pytest.TempPathFactory, weights: Path, label_studio: RecordingServer) -> Iterator[Function]:
     tmp = tmp_path_factory.mktemp("yolo")
     # ultralytics must not reach the network.

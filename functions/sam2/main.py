@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from functions.sam2.engine import SIZES, Embedding, Sam2Engine
 from functions.sam2.embeddings import EmbeddingCache
+from functions.torch_device import pick_device
 from shared import results
 from shared.label_config import Control, LabelConfig
 from shared.prompts import PROMPT_TYPES, mask_control, output_label, prompts_for
@@ -71,6 +72,15 @@ def checkpoint_path(weights_dir: Path, name: str) -> Path:
         raise WeightsError(f"MODEL_CHECKPOINT: {exc} (put the checkpoint there or set MODEL_ROOT)") from None
 
 
+def load_sam2(weights_dir: Path, device: str, options: Sam2Settings) -> tuple[Sam2Engine, EmbeddingCache, str]:
+    """The model the settings name, its embedding cache, and its version (checkpoint and hash)."""
+    config, name = options.model_files()
+    checkpoint = checkpoint_path(weights_dir, name)
+    engine = Sam2Engine.load(config, checkpoint, pick_device(device))
+    cache = EmbeddingCache(engine, max_entries=options.cache_entries, max_bytes=options.cache_bytes, url_ttl=options.url_ttl)
+    return engine, cache, f"sam2-{checkpoint.stem}@{content_hash(checkpoint)}"
+
+
 def _displayed_size(context: Context | None, object_name: str) -> tuple[int, int] | None:
     """The image size the annotator's browser reports with the regions (naturalWidth/Height)."""
     for region in context.regions(*PROMPT_TYPES) if context else []:
@@ -90,23 +100,9 @@ class Sam2Model(Model):
         self.engine: Sam2Engine | None = None
 
     def setup(self) -> None:
-        import torch
-
-        device = self.settings.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        config, name = self.options.model_files()
-        checkpoint = checkpoint_path(self.settings.model_root, name)
-        self.engine = Sam2Engine.load(config, checkpoint, device)
-        options = self.options
-        self.cache = EmbeddingCache(
-            self.engine, max_entries=options.cache_entries, max_bytes=options.cache_bytes, url_ttl=options.url_ttl
-        )
+        self.engine, self.cache, version = load_sam2(self.settings.model_root, self.settings.device, self.options)
         # The weights a prediction came from, as /health, /setup and predictions report it.
-        self.model_version = f"sam2-{checkpoint.stem}@{content_hash(checkpoint)}"  # type: ignore[misc]
+        self.model_version = version  # type: ignore[misc]
 
     def warmup(self) -> None:
         import numpy as np

@@ -1,0 +1,94 @@
+"""The Grounding SAM function: type what you want, get every match segmented.
+
+Grounding DINO finds the boxes (functions/grounding_dino), SAM 2 turns all boxes of an image
+into masks in one decoder call on one image embedding (functions/sam2, whose embedding cache
+spares the encoder when the annotator types another prompt on the same image). The masks are
+brush regions, or polygons when the config's output control is PolygonLabels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from functions.grounding_dino.main import Detector
+from functions.sam2.engine import Sam2Engine
+from functions.sam2.main import Sam2Settings, load_sam2
+from functions.torch_device import pick_device
+from shared import results
+from shared.label_config import Control, LabelConfig, LabelConfigError
+from shared.prompts import mask_control
+from shared.runtime import Batch, Model, Prediction, create_app, http_target
+from shared.text_prompts import text_prompt
+
+# Boxes decoded together: all of an image's boxes in one call up to this many (each box repeats
+# the image's features in the decoder, so this bounds its memory).
+BOXES_PER_CALL = 32
+
+
+class GroundingSamModel(Model):
+    model_version = "grounding-sam"
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self.detector = Detector(settings)
+        self.sam_options = Sam2Settings()
+        self.sam: Sam2Engine | None = None
+
+    def setup(self) -> None:
+        device = pick_device(self.settings.device)
+        self.detector.load(device)
+        self.sam, self.cache, sam_version = load_sam2(self.settings.model_root, device, self.sam_options)
+        self.model_version = f"{self.detector.version}+{sam_version}"  # type: ignore[misc]
+
+    def warmup(self) -> None:
+        assert self.detector.engine is not None and self.sam is not None
+        blank = np.zeros((64, 64, 3), dtype=np.uint8)
+        self.detector.engine.detect([blank], "object .", 1.0, 1.0)
+        self.sam.segment(self.sam.embed(blank), np.zeros((0, 2)), np.zeros(0, dtype=bool), np.array([[8.0, 8.0, 40.0, 40.0]]), False)
+
+    def check_label_config(self, config: LabelConfig) -> None:
+        mask_control(config)
+
+    def predict(self, batch: Batch) -> Sequence[Prediction]:
+        control = mask_control(batch.label_config)
+        prompt = text_prompt(batch.context, control)
+        if prompt is None:
+            raise LabelConfigError(f"nothing to look for: type a prompt or give {control.tag} {control.name!r} labels")
+        out = []
+        for task, detections in zip(batch.tasks, self.detector.detect(batch, control, prompt)):
+            if not detections:
+                out.append(results.prediction([]))
+                continue
+            pixels = task.image(control.object.name).pixels
+            out.append(self._segment(batch, control, pixels, detections))
+        return out
+
+    def _segment(self, batch: Batch, control: Control, pixels: np.ndarray, detections: list[Any]) -> Prediction:
+        assert self.sam is not None
+        telemetry = batch.telemetry
+        # The image's bytes are not at hand (the runtime decoded them): its pixels name it.
+        content = "pixels:" + hashlib.sha256(pixels.tobytes()).hexdigest()
+        embedding = self.cache.encoded(content, lambda: pixels, telemetry)
+        boxes = np.array([d.box for d, _ in detections], dtype=np.float32)
+        masks: list[np.ndarray] = []
+        for start in range(0, len(boxes), BOXES_PER_CALL):
+            with telemetry.phase("mask-decoder"):
+                found, _ = self.sam.segment(
+                    embedding, np.zeros((0, 2)), np.zeros(0, dtype=bool), boxes[start : start + BOXES_PER_CALL], multimask=False
+                )
+            telemetry.count("sam2_mask_decoder")
+            masks.extend(found)
+        with telemetry.phase("rle"):
+            regions = [
+                results.mask_region(control.tag, control.name, control.object.name, label, mask, score=detection.score)
+                for (detection, label), mask in zip(detections, masks)
+            ]
+        return results.prediction(r for r in regions if r is not None)
+
+
+app = create_app(GroundingSamModel)
+handler = http_target(app)
