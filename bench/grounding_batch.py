@@ -9,7 +9,7 @@ batching cost what they cost for the real model. A local stand-in for Label Stud
 640x480 JPEGs, --latency ms late. The prompt is the project's labels (batch "Retrieve
 predictions").
 
-  batched     one /predict with all tasks (fetched concurrently, one forward pass per 8 images)
+  batched     one /predict with all tasks (fetched concurrently, --batch-size images per forward pass)
   sequential  one /predict per task on one keep-alive connection (label-studio-ml-backend's
               grounding_dino example predicts one task per request)
 
@@ -66,6 +66,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency", type=float, default=20.0, help="image server latency, ms (default 20)")
+    parser.add_argument("--batch-size", type=int, default=8, help="GROUNDING_DINO_BATCH_SIZE (default 8)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from tests.dino_models import write_model
@@ -80,7 +81,8 @@ def main() -> int:
         images = ImageServer(files, TOKEN, args.latency / 1000)
         images.start()
         env = {**os.environ, "MODEL_ROOT": str(tmp / "models"), "LABEL_STUDIO_URL": images.url, "LABEL_STUDIO_API_KEY": TOKEN,
-               "LOG_LEVEL": "WARNING", "IMAGE_CACHE_BYTES": "0", "BOX_THRESHOLD": "0.3"}  # fmt: skip
+               "LOG_LEVEL": "WARNING", "IMAGE_CACHE_BYTES": "0", "BOX_THRESHOLD": "0.3",
+               "GROUNDING_DINO_BATCH_SIZE": str(args.batch_size)}  # fmt: skip
         process, port = serve_function("grounding_dino", ROOT, env, tmp / "function.log", HOST)
         try:
             paths = list(files)
@@ -95,7 +97,8 @@ def main() -> int:
     print(f"Grounding DINO batch prediction over loopback, Python {platform.python_version()}, torch {torch.__version__}")
     print(f"  machine: {os.cpu_count()} CPUs, CPU only; client, image server and function share it")
     print("  model: tiny random-weight Grounding DINO (tests/dino_models.py), real resize (800/1333); "
-          f"{args.tasks} tasks of 640x480 JPEG, served {args.latency:.0f} ms late; prompt: the labels")  # fmt: skip
+          f"{args.tasks} tasks of 640x480 JPEG, served {args.latency:.0f} ms late; prompt: the labels; "
+          f"GROUNDING_DINO_BATCH_SIZE={args.batch_size}")  # fmt: skip
     print()
     header = f"{'run':<11} {'seconds':>8} " + " ".join(f"{p:>10}" for p in PHASES)
     print(header)

@@ -41,7 +41,9 @@ class DinoSettings(BaseSettings):
     model: str = Field(DEFAULT_MODEL, validation_alias=AliasChoices("GROUNDING_DINO_MODEL"))
     # label-studio-ml-backend's original-format checkpoint: named here only to explain its absence.
     legacy_weights: str | None = Field(None, validation_alias=AliasChoices("GROUNDING_DINO_WEIGHTS"))
-    batch_size: int = Field(8, gt=0, validation_alias=AliasChoices("GROUNDING_DINO_BATCH_SIZE"))
+    # Images per forward pass; by default 8 on a GPU and 1 on a CPU, where a batch of 800-pixel
+    # images takes longer than the same images one by one (README: the engine comparison).
+    batch_size: int | None = Field(None, gt=0, validation_alias=AliasChoices("GROUNDING_DINO_BATCH_SIZE"))
 
 
 def model_folder(weights_dir: Path, name: str) -> Path:
@@ -77,7 +79,8 @@ class Detector:
                 "and name it with GROUNDING_DINO_MODEL"
             )
         folder = model_folder(self.settings.model_root, self.options.model)
-        self.engine = DinoEngine.load(folder, device, self.options.batch_size)
+        batch_size = self.options.batch_size or (8 if device == "cuda" else 1)
+        self.engine = DinoEngine.load(folder, device, batch_size)
         weights = folder / "model.safetensors"
         self.version = f"grounding-dino-{folder.name}" + (f"@{content_hash(weights)}" if weights.is_file() else "")
 
@@ -85,6 +88,13 @@ class Detector:
         """The control's ``model_score_threshold`` when set, else BOX_THRESHOLD."""
         own = control.model_score_threshold
         return self.options.box_threshold if own is None else own
+
+    def prompt(self, batch: Batch, control: Control) -> TextPrompt:
+        """What to look for: the typed text, else the control's labels (shared.text_prompts)."""
+        prompt = text_prompt(batch.context, control)
+        if prompt is None:
+            raise LabelConfigError(f"nothing to look for: type a prompt or give {control.tag} {control.name!r} labels")
+        return prompt
 
     def detect(self, batch: Batch, control: Control, prompt: TextPrompt) -> list[list[tuple[Detection, str]]]:
         """Each task's detections with their labels; detections that map to no label are dropped."""
@@ -122,9 +132,7 @@ class GroundingDinoModel(Model):
 
     def predict(self, batch: Batch) -> Sequence[Prediction]:
         control = output_box_control(batch.label_config, batch.context)
-        prompt = text_prompt(batch.context, control)
-        if prompt is None:
-            raise LabelConfigError(f"nothing to look for: type a prompt or give {control.tag} {control.name!r} labels")
+        prompt = self.detector.prompt(batch, control)
         out = []
         for task, detections in zip(batch.tasks, self.detector.detect(batch, control, prompt)):
             image = task.image(control.object.name)

@@ -19,10 +19,9 @@ from functions.sam2.engine import Sam2Engine
 from functions.sam2.main import Sam2Settings, load_sam2
 from functions.torch_device import pick_device
 from shared import results
-from shared.label_config import Control, LabelConfig, LabelConfigError
+from shared.label_config import Control, LabelConfig
 from shared.prompts import mask_control
 from shared.runtime import Batch, Model, Prediction, create_app, http_target
-from shared.text_prompts import text_prompt
 
 # Boxes decoded together: all of an image's boxes in one call up to this many (each box repeats
 # the image's features in the decoder, so this bounds its memory).
@@ -55,9 +54,7 @@ class GroundingSamModel(Model):
 
     def predict(self, batch: Batch) -> Sequence[Prediction]:
         control = mask_control(batch.label_config)
-        prompt = text_prompt(batch.context, control)
-        if prompt is None:
-            raise LabelConfigError(f"nothing to look for: type a prompt or give {control.tag} {control.name!r} labels")
+        prompt = self.detector.prompt(batch, control)
         out = []
         for task, detections in zip(batch.tasks, self.detector.detect(batch, control, prompt)):
             if not detections:
