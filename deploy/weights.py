@@ -68,12 +68,17 @@ def fetch_weights(listing: Path, dest: Path, mirror: str | None = None, timeout:
     return report
 
 
-def listed_weights(listing: Path) -> list[dict]:
-    """A listing's weights, then those of the functions it includes (Grounding SAM: both models)."""
+def listed_weights(listing: Path, _seen: frozenset[Path] = frozenset()) -> list[dict]:
+    """A listing's weights, then those of the functions it includes (Grounding SAM: both
+    models; a function named twice is read once)."""
     document = json.loads(listing.read_text())
     entries = list(document.get("weights", []))
+    seen = _seen | {listing.resolve()}
     for function in document.get("include", []):
-        entries.extend(listed_weights(listing_for(function)))
+        included = listing_for(function)
+        if included.resolve() not in seen:
+            entries.extend(listed_weights(included, seen))
+            seen |= {included.resolve()}
     return entries
 
 

@@ -11,6 +11,8 @@ separated by "." (Grounding DINO's own separator) or new lines.
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shared.label_config import Control
@@ -19,25 +21,34 @@ from shared.protocol import Context
 __all__ = ["TextPrompt", "text_prompt"]
 
 _SEPARATORS = re.compile(r"[.\n]+")
-_SPACES = re.compile(r"\s+")
-# Grounding DINO's text encoder reads at most 256 tokens; a caption is kept well inside that.
+# A word as BERT's tokenizer cuts text: runs of letters or digits, each CJK character alone
+# (the detector's phrases come back decoded from those tokens: "hard - hat", "红 猫").
+_WORDS = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+")
+# Typed text read (an annotator types a few words; the body limit alone would allow megabytes),
+# and phrases kept: Grounding DINO's text encoder reads 256 tokens in all.
+MAX_TEXT = 2000
 MAX_PHRASES = 64
 
 
 def _normal(text: str) -> str:
-    return _SPACES.sub(" ", text).strip().lower()
+    return " ".join(text.split()).lower()
+
+
+def _words(text: str) -> tuple[str, ...]:
+    """Lower-case words without accents, as the detector's tokenizer sees them."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text.replace("##", "")) if not unicodedata.combining(c))
+    return tuple(_WORDS.findall(plain.lower()))
 
 
 @dataclass(frozen=True)
 class TextPrompt:
     """Phrases for the model (lower case, in order) and the label each one stands for.
-    ``typed``: the annotator typed them; ``fallback``: the label a detection gets when its
-    phrase matches none (only for a typed prompt: the annotator asked for it)."""
+    ``typed``: the annotator typed them; a detection whose phrase matches none of them then
+    takes the first phrase's label (the annotator asked for it), otherwise it is dropped."""
 
     phrases: tuple[str, ...]
     labels: tuple[str, ...]
     typed: bool
-    fallback: str | None
 
     @property
     def caption(self) -> str:
@@ -45,53 +56,63 @@ class TextPrompt:
         return " . ".join(self.phrases) + " ."
 
     def label_for(self, detected: str) -> str | None:
-        """The label of a detected phrase: the prompt phrase it equals, else the one sharing
-        the most words with it (a detector may return part of a phrase, or two run together);
-        None (dropped) when it shares none and the prompt was not typed."""
-        phrase = _normal(detected.replace(".", " "))
-        if phrase in self.phrases:
-            return self.labels[self.phrases.index(phrase)]
-        words = set(phrase.split())
-        overlap = [len(words & set(p.split())) for p in self.phrases]
-        best = max(range(len(overlap)), key=overlap.__getitem__, default=None)
-        if best is not None and overlap[best] > 0:
+        """The label of a detected phrase: the prompt phrase with the same words, else the one
+        sharing the most words with it (a detector may return part of a phrase, or two run
+        together); with none shared, the first phrase's label for a typed prompt, else None."""
+        words = _words(detected)
+        keys = [_words(p) for p in self.phrases]
+        if words in keys:
+            return self.labels[keys.index(words)]
+        overlap = [len(set(words) & set(k)) for k in keys]
+        best = max(range(len(overlap)), key=overlap.__getitem__)
+        if overlap[best] > 0:
             return self.labels[best]
-        return self.fallback if self.typed else None
+        return self.labels[0] if self.typed else None
 
 
-def _split(part: str, labels: dict[str, str], fallback: str | None) -> tuple[str, str | None]:
-    """A typed phrase and its label: "brown cat_cats" -> ("brown cat", "cats"), at the first
-    underscore followed by a label's name (labels may hold underscores themselves); a phrase
-    without one is its own label if it names one, else the fallback."""
-    for at, char in enumerate(part):
-        if char == "_" and part[at + 1 :].strip().lower() in labels:
-            return part[:at], labels[part[at + 1 :].strip().lower()]
-    return part.rpartition("_")[0] if "_" in part else part, labels.get(part.strip().lower(), fallback)
+def _label_names(control: Control) -> dict[str, str]:
+    """Each label by its value and its ``predicted_values``, lower case."""
+    names = {label.value.lower(): label.value for label in control.labels}
+    names.update({key.lower(): value for key, value in control.label_map().items()})
+    return names
+
+
+def _split(part: str, names: dict[str, str], fallback: str | None) -> tuple[str, str | None]:
+    """A typed phrase and its label. "brown cat_cats" -> ("brown cat", "cats"): the longest
+    label name after an underscore at the end (names may hold underscores themselves); a part
+    that is a label's name is its own label ("traffic_light"); otherwise the fallback (for
+    "brown dog_dogs" without a label "dogs", with the prompt "brown dog")."""
+    key = part.strip().lower()
+    if key in names:
+        return part.replace("_", " "), names[key]
+    suffixes = [name for name in names if key.endswith("_" + name) and len(key) > len(name) + 1]
+    if suffixes:
+        name = max(suffixes, key=len)
+        return part.strip()[: -len(name) - 1], names[name]
+    # prompt_label with a label the config lacks: the prompt, and the fallback label.
+    return part.rpartition("_")[0] if "_" in part else part, fallback
+
+
+def _collect(pairs: Iterable[tuple[str, str | None]]) -> tuple[list[str], list[str]]:
+    """Distinct non-empty phrases with their labels, at most MAX_PHRASES."""
+    kept: dict[str, str] = {}
+    for prompt, label in pairs:
+        phrase = _normal(prompt)
+        if _words(phrase) and label is not None and phrase not in kept:
+            kept[phrase] = label
+            if len(kept) == MAX_PHRASES:
+                break
+    return list(kept), list(kept.values())
 
 
 def text_prompt(context: Context | None, control: Control) -> TextPrompt | None:
     """The prompt for one request: the typed text when the context has some, else the output
     control's labels and their synonyms; None when there is neither."""
     fallback = control.label_values[0] if control.label_values else None
-    typed = [part for text in (context.texts() if context else []) for part in _SEPARATORS.split(text)]
-    phrases: list[str] = []
-    labels: list[str] = []
-    if any(part.strip() for part in typed):
-        names = {key.lower(): value for key, value in control.label_map().items()}
-        for part in typed:
-            prompt, target = _split(part, names, fallback)
-            phrase = _normal(prompt)
-            if phrase and target is not None and phrase not in phrases:
-                phrases.append(phrase)
-                labels.append(target)
-        is_typed = True
-    else:
-        for name, label in control.label_map().items():
-            phrase = _normal(name.replace("_", " "))
-            if phrase and phrase not in phrases:
-                phrases.append(phrase)
-                labels.append(label)
-        is_typed = False
-    if not phrases:
-        return None
-    return TextPrompt(tuple(phrases[:MAX_PHRASES]), tuple(labels[:MAX_PHRASES]), is_typed, fallback)
+    text = "\n".join(context.texts() if context else [])[:MAX_TEXT]
+    names = _label_names(control)
+    phrases, labels = _collect(_split(part, names, fallback) for part in _SEPARATORS.split(text))
+    if phrases:
+        return TextPrompt(tuple(phrases), tuple(labels), typed=True)
+    phrases, labels = _collect((name.replace("_", " "), label) for name, label in control.label_map().items())
+    return TextPrompt(tuple(phrases), tuple(labels), typed=False) if phrases else None

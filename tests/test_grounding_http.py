@@ -75,7 +75,8 @@ class Detector:
         (found,) = self.processor.post_process_grounded_object_detection(
             outputs, inputs["input_ids"], threshold=box, text_threshold=text, target_sizes=[pixels.shape[:2]]
         )
-        return [(b.tolist(), float(s)) for b, s in zip(found["boxes"], found["scores"])]
+        found = [(b.tolist(), float(s)) for b, s in zip(found["boxes"], found["scores"])]
+        return sorted(found, key=lambda item: -item[1])  # the function answers best first
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +167,37 @@ def test_a_batch_gives_what_single_calls_give(dino: Function, label_studio: Reco
         (single,), _ = predict(dino, [path], BOXES, typed("red square. white circle_house"))
         assert [r["value"]["rectanglelabels"] for r in item["result"]] == [r["value"]["rectanglelabels"] for r in single["result"]]
         assert np.allclose([pixel_box(r) for r in item["result"]], [pixel_box(r) for r in single["result"]], atol=0.01)
+
+
+def test_images_of_different_sizes_share_a_forward_pass(dino: Function, label_studio: RecordingServer) -> None:
+    sizes = [(160, 120), (90, 200), (240, 100)]
+    images = [synthetic.make_image(np.random.default_rng(40 + i), size=size, shapes=(1, 2))[0] for i, size in enumerate(sizes)]
+    passes = metric(dino, "lsfn_model_calls_total", call="grounding_dino")
+    items, _ = predict(dino, [serve_image(label_studio, p) for p in images], BOXES, typed("cat"))
+    assert metric(dino, "lsfn_model_calls_total", call="grounding_dino") == passes + 1
+    for (width, height), item in zip(sizes, items):
+        assert item["result"]
+        for region in item["result"]:
+            assert (region["original_width"], region["original_height"]) == (width, height)
+            x0, y0, x1, y1 = pixel_box(region)
+            assert 0 <= x0 <= x1 <= width + 1e-6 and 0 <= y0 <= y1 <= height + 1e-6
+
+
+def test_a_threshold_outside_0_1_is_refused(dino: Function, label_studio: RecordingServer) -> None:
+    path = serve_image(label_studio, image(7))
+    for value in ("-1", "1.5", "nan"):
+        config = BOXES.replace('<RectangleLabels name="label"', f'<RectangleLabels name="label" model_score_threshold="{value}"')
+        body = {"tasks": [{"id": 1, "data": {"image": path}}], "label_config": config, "params": {"context": typed("cat")}}
+        response = call("POST", dino.url + "/predict", body)
+        assert response.status == 422 and "between 0 and 1" in response.json()["detail"], (value, response.data)
+
+
+def test_a_prompt_too_long_for_the_text_encoder_is_refused(dino: Function, label_studio: RecordingServer) -> None:
+    path = serve_image(label_studio, image(6))
+    body = {"tasks": [{"id": 1, "data": {"image": path}}], "label_config": BOXES,
+            "params": {"context": typed(". ".join(f"red cat brown dog white house {i}" for i in range(40)))}}  # fmt: skip
+    response = call("POST", dino.url + "/predict", body)
+    assert response.status == 422 and "Grounding DINO reads at most 256" in response.json()["detail"], response.data
 
 
 @pytest.mark.parametrize(

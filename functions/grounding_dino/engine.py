@@ -12,6 +12,7 @@ folder holds the weights, the text encoder's config and the tokenizer: nothing i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import numpy as np  # noqa: E402
 
+from shared.runtime.errors import TaskError  # noqa: E402
 from shared.weights import WeightsError  # noqa: E402
 
 __all__ = ["Detection", "DinoEngine"]
 
+# Detections kept per image (the real model proposes 900 boxes; a threshold of 0 keeps them all).
+MAX_DETECTIONS = 100
 # A model folder without this is not one (the processor's files vary by transformers version).
 REQUIRED_FILES = ("config.json",)
 
@@ -69,13 +73,17 @@ class DinoEngine:
         target = torch.device(device)
         return cls(model.to(target).eval(), processor, target, batch_size)
 
-    def detect(self, images: list[np.ndarray], caption: str, box_threshold: float, text_threshold: float) -> list[list[Detection]]:
+    def detect(self, images: list[np.ndarray], caption: str, box_threshold: float, text_threshold: float,
+               on_pass: Callable[[], None] | None = None) -> list[list[Detection]]:  # fmt: skip
         """Detections per image (RGB uint8 arrays of any sizes), ``batch_size`` images per
-        forward pass. A box is kept when its best token scores at least ``box_threshold``; its
-        phrase is the caption's words scoring at least ``text_threshold`` (Grounding DINO's rule)."""
+        forward pass (``on_pass`` is called after each), at most MAX_DETECTIONS per image, best
+        first. A box is kept when its best token scores above ``box_threshold``; its phrase is
+        the caption's words scoring above ``text_threshold`` (Grounding DINO's rule)."""
         out: list[list[Detection]] = []
         for start in range(0, len(images), self.batch_size):
             out.extend(self._detect(images[start : start + self.batch_size], caption, box_threshold, text_threshold))
+            if on_pass is not None:
+                on_pass()
         return out
 
     def _clean(self, phrase: str) -> str:
@@ -86,6 +94,12 @@ class DinoEngine:
 
     def _detect(self, images: list[np.ndarray], caption: str, box_threshold: float, text_threshold: float) -> list[list[Detection]]:
         import torch
+
+        tokens = len(self.processor.tokenizer(caption)["input_ids"])
+        limit = int(getattr(self.model.config, "max_text_len", 256))
+        if tokens > limit:  # the text encoder would fail on it (a shape error deep inside)
+            raise TaskError(f"the prompt is {tokens} tokens long and Grounding DINO reads at most {limit}: "
+                            "type a shorter prompt, or give the control fewer labels and synonyms")  # fmt: skip
 
         inputs = self.processor(images=images, text=[caption] * len(images), return_tensors="pt").to(self.device)
         with torch.inference_mode():
@@ -99,8 +113,10 @@ class DinoEngine:
         )
         results = []
         for item in found:
-            boxes = item["boxes"].float().cpu().numpy().tolist()  # one copy per image
-            scores = item["scores"].float().cpu().numpy().tolist()
-            phrases = [self._clean(str(p)) for p in item.get("text_labels", item.get("labels"))]
+            # The best MAX_DETECTIONS: each box may become a full-size mask downstream.
+            best = item["scores"].argsort(descending=True, stable=True)[:MAX_DETECTIONS].tolist()
+            boxes = item["boxes"][best].float().cpu().numpy().tolist()  # one copy per image
+            scores = item["scores"][best].float().cpu().numpy().tolist()
+            phrases = [self._clean(str(item["text_labels"][i])) for i in best]
             results.append([Detection(tuple(b), s, p) for b, s, p in zip(boxes, scores, phrases)])
         return results

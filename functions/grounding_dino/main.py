@@ -9,7 +9,6 @@ model in batches.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,7 +86,11 @@ class Detector:
     def box_threshold(self, control: Control) -> float:
         """The control's ``model_score_threshold`` when set, else BOX_THRESHOLD."""
         own = control.model_score_threshold
-        return self.options.box_threshold if own is None else own
+        if own is None:
+            return self.options.box_threshold
+        if not 0.0 <= own <= 1.0:  # NaN too
+            raise LabelConfigError(f'{control.tag} "{control.name}": model_score_threshold must be between 0 and 1, not {own}')
+        return own
 
     def prompt(self, batch: Batch, control: Control) -> TextPrompt:
         """What to look for: the typed text, else the control's labels (shared.text_prompts)."""
@@ -100,9 +103,10 @@ class Detector:
         """Each task's detections with their labels; detections that map to no label are dropped."""
         assert self.engine is not None
         images = [task.image(control.object.name).pixels for task in batch.tasks]
+        threshold = self.box_threshold(control)
         with batch.telemetry.phase("detector"):
-            found = self.engine.detect(images, prompt.caption, self.box_threshold(control), self.options.text_threshold)
-        batch.telemetry.count("grounding_dino", math.ceil(len(images) / self.engine.batch_size))
+            found = self.engine.detect(images, prompt.caption, threshold, self.options.text_threshold,
+                                       on_pass=lambda: batch.telemetry.count("grounding_dino"))  # fmt: skip
         labelled = []
         for detections in found:
             pairs = [(d, prompt.label_for(d.phrase)) for d in detections]

@@ -71,19 +71,20 @@ class GroundingSamModel(Model):
         content = "pixels:" + hashlib.sha256(pixels.tobytes()).hexdigest()
         embedding = self.cache.encoded(content, lambda: pixels, telemetry)
         boxes = np.array([d.box for d, _ in detections], dtype=np.float32)
-        masks: list[np.ndarray] = []
+        regions = []
+        # A chunk's masks become regions before the next chunk is decoded: full-size masks of
+        # many boxes are never held at once.
         for start in range(0, len(boxes), BOXES_PER_CALL):
             with telemetry.phase("mask-decoder"):
-                found, _ = self.sam.segment(
+                masks, _ = self.sam.segment(
                     embedding, np.zeros((0, 2)), np.zeros(0, dtype=bool), boxes[start : start + BOXES_PER_CALL], multimask=False
                 )
             telemetry.count("sam2_mask_decoder")
-            masks.extend(found)
-        with telemetry.phase("rle"):
-            regions = [
-                results.mask_region(control.tag, control.name, control.object.name, label, mask, score=detection.score)
-                for (detection, label), mask in zip(detections, masks)
-            ]
+            with telemetry.phase("rle"):
+                regions.extend(
+                    results.mask_region(control.tag, control.name, control.object.name, label, mask, score=detection.score)
+                    for (detection, label), mask in zip(detections[start : start + BOXES_PER_CALL], masks)
+                )
         return results.prediction(r for r in regions if r is not None)
 
 
