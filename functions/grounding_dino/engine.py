@@ -79,6 +79,12 @@ class DinoEngine:
         forward pass (``on_pass`` is called after each), at most MAX_DETECTIONS per image, best
         first. A box is kept when its best token scores above ``box_threshold``; its phrase is
         the caption's words scoring above ``text_threshold`` (Grounding DINO's rule)."""
+        # Once per call, not per forward pass: the caption is the same for every image.
+        tokens = len(self.processor.tokenizer(caption)["input_ids"])
+        limit = int(getattr(self.model.config, "max_text_len", 256))
+        if tokens > limit:  # the text encoder would fail on it (a shape error deep inside)
+            raise TaskError(f"the prompt is {tokens} tokens long and Grounding DINO reads at most {limit}: "
+                            "type a shorter prompt, or give the control fewer labels and synonyms")  # fmt: skip
         out: list[list[Detection]] = []
         for start in range(0, len(images), self.batch_size):
             out.extend(self._detect(images[start : start + self.batch_size], caption, box_threshold, text_threshold))
@@ -94,12 +100,6 @@ class DinoEngine:
 
     def _detect(self, images: list[np.ndarray], caption: str, box_threshold: float, text_threshold: float) -> list[list[Detection]]:
         import torch
-
-        tokens = len(self.processor.tokenizer(caption)["input_ids"])
-        limit = int(getattr(self.model.config, "max_text_len", 256))
-        if tokens > limit:  # the text encoder would fail on it (a shape error deep inside)
-            raise TaskError(f"the prompt is {tokens} tokens long and Grounding DINO reads at most {limit}: "
-                            "type a shorter prompt, or give the control fewer labels and synonyms")  # fmt: skip
 
         inputs = self.processor(images=images, text=[caption] * len(images), return_tensors="pt").to(self.device)
         with torch.inference_mode():

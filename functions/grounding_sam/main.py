@@ -68,7 +68,7 @@ class GroundingSamModel(Model):
         assert self.sam is not None
         telemetry = batch.telemetry
         # The image's bytes are not at hand (the runtime decoded them): its pixels name it.
-        content = "pixels:" + hashlib.sha256(pixels.tobytes()).hexdigest()
+        content = "pixels:" + hashlib.sha256(np.ascontiguousarray(pixels).data).hexdigest()  # no copy
         embedding = self.cache.encoded(content, lambda: pixels, telemetry)
         boxes = np.array([d.box for d, _ in detections], dtype=np.float32)
         regions = []

@@ -28,10 +28,6 @@ from shared.weights import WeightsError, content_hash, resolve_weights
 MiB = 1 << 20
 
 
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(name)
-
-
 class Sam2Settings(BaseSettings):
     """The SAM 2 function's environment variables (label-studio-ml-backend's names where it has
     them: MODEL_CONFIG, MODEL_CHECKPOINT)."""
@@ -39,15 +35,15 @@ class Sam2Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
     # tiny, small, base_plus or large: sets the config and checkpoint file both.
-    size: Literal["tiny", "small", "base_plus", "large"] = Field("large", validation_alias=_env("MODEL_SIZE"))
+    size: Literal["tiny", "small", "base_plus", "large"] = Field("large", validation_alias=AliasChoices("MODEL_SIZE"))
     # A config packaged in sam2 (configs/sam2.1/sam2.1_hiera_l.yaml), or a size's short name.
-    config_name: str | None = Field(None, validation_alias=_env("MODEL_CONFIG"))
+    config_name: str | None = Field(None, validation_alias=AliasChoices("MODEL_CONFIG"))
     # A file in the weights directory (MODEL_ROOT), or an absolute path.
-    checkpoint: str | None = Field(None, validation_alias=_env("MODEL_CHECKPOINT"))
-    cache_entries: int = Field(64, ge=0, validation_alias=_env("EMBEDDING_CACHE_ENTRIES"))
-    cache_bytes: int = Field(1024 * MiB, ge=0, validation_alias=_env("EMBEDDING_CACHE_BYTES"))
+    checkpoint: str | None = Field(None, validation_alias=AliasChoices("MODEL_CHECKPOINT"))
+    cache_entries: int = Field(64, ge=0, validation_alias=AliasChoices("EMBEDDING_CACHE_ENTRIES"))
+    cache_bytes: int = Field(1024 * MiB, ge=0, validation_alias=AliasChoices("EMBEDDING_CACHE_BYTES"))
     # How long a URL is trusted to name the bytes it was fetched as (no fetch on a click within it).
-    url_ttl: float = Field(300.0, ge=0, validation_alias=_env("EMBEDDING_URL_TTL"))
+    url_ttl: float = Field(300.0, ge=0, validation_alias=AliasChoices("EMBEDDING_URL_TTL"))
 
     def model_files(self) -> tuple[str, str]:
         """(config, checkpoint file name) after the size shorthand is applied."""

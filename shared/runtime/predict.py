@@ -29,7 +29,7 @@ from shared.runtime.telemetry import Telemetry, Timing
 from shared.settings import Settings
 from shared.weights import WeightsError
 
-__all__ = ["CHUNK_TASKS", "Predictor", "Timing"]
+__all__ = ["CHUNK_TASKS", "Predictor"]
 
 # Tasks fetched, decoded and predicted together; a batch larger than this goes in chunks.
 CHUNK_TASKS = 8
