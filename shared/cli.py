@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-__all__ = ["main", "resolve_function"]
+if TYPE_CHECKING:
+    from shared.runtime.model import Spec
+
+__all__ = ["main", "resolve_function", "resolve_spec"]
 
 TARGET = "handler"  # the functions-framework target every function module defines
 
@@ -27,30 +34,80 @@ def resolve_function(name: str) -> Path:
     )
 
 
-def serve(function: str, host: str, port: int) -> None:
-    """Serve a function with functions-framework's gunicorn server, as Cloud Run does."""
+def _load_module(path: Path, name: str) -> ModuleType:
+    """A module by file: by its dotted name when it lies in the checkout's packages (so it is
+    the same module other code imports), else from the file itself."""
+    root = Path(__file__).parent.parent
+    if path.is_relative_to(root / "functions"):
+        return importlib.import_module(".".join(path.relative_to(root).with_suffix("").parts))
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"lsfn: cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolve_spec(function: str) -> type[Spec]:
+    """The ``Spec`` of a function: ``spec`` in the spec.py beside its main.py (which imports no
+    model library), else the model class its main.py serves."""
+    from shared.runtime.model import Spec
+
     source = resolve_function(function)
-    # The function's own directory and the checkout must be importable, as under Cloud Run.
     sys.path[:0] = [str(source.parent)]
-    import functions_framework
+    spec_file = source.parent / "spec.py"
+    if spec_file.is_file():
+        spec = getattr(_load_module(spec_file, "lsfn_function_spec"), "spec", None)
+        if not (isinstance(spec, type) and issubclass(spec, Spec)):
+            raise SystemExit(f"lsfn: {spec_file} must define `spec`, a subclass of shared.runtime.Spec")
+        return spec
+    target = getattr(_load_module(source, "lsfn_function_main"), TARGET, None)
+    runtime = getattr(target, "runtime", None)
+    if runtime is None:
+        raise SystemExit(f"lsfn: {source} defines no {TARGET!r} made by shared.runtime.http_target")
+    return type(runtime.model)
+
+
+def serve(function: str, host: str, port: int, upstream: str | None = None) -> None:
+    """Serve a function with functions-framework's gunicorn server, as Cloud Run does; with
+    ``upstream``, its front door (no model) forwarding to the function at that URL."""
     from functions_framework._http import create_server
 
-    # The module is loaded as `functions-framework --target handler` loads it; the server is
-    # functions-framework's gunicorn set-up, given the function's own WSGI app, which routes
-    # every path itself (functions-framework's per-request wrapper would only add latency).
-    target = functions_framework.create_app(TARGET, str(source), "http").view_functions["run"]
-    runtime, app = getattr(target, "runtime", None), getattr(target, "app", None)
-    if runtime is None or app is None:
-        raise SystemExit(f"lsfn: {source} defines no {TARGET!r} made by shared.runtime.http_target")
-    limit = runtime.settings.max_concurrent_predictions
+    if upstream:
+        from shared.runtime.front_door import create_front_door
+        from shared.settings import get_settings
+
+        settings = get_settings().model_copy(update={"upstream_url": upstream.strip().rstrip("/")})
+        app = create_front_door(resolve_spec(function), settings=settings)
+        service = app.extensions["lsfn"]
+        threads = settings.upstream_max_requests + settings.admit_queue + 8
+        what = f"the front door of {function}, forwarding to {settings.upstream_url}"
+    else:
+        source = resolve_function(function)
+        # The function's own directory and the checkout must be importable, as under Cloud Run.
+        sys.path[:0] = [str(source.parent)]
+        import functions_framework
+
+        # The module is loaded as `functions-framework --target handler` loads it; the server is
+        # functions-framework's gunicorn set-up, given the function's own WSGI app, which routes
+        # every path itself (functions-framework's per-request wrapper would only add latency).
+        target = functions_framework.create_app(TARGET, str(source), "http").view_functions["run"]
+        service, app = getattr(target, "runtime", None), getattr(target, "app", None)
+        if service is None or app is None:
+            raise SystemExit(f"lsfn: {source} defines no {TARGET!r} made by shared.runtime.http_target")
+        settings = service.settings
+        # Predictions are bounded by MAX_CONCURRENT_PREDICTIONS and ADMIT_QUEUE; the other
+        # threads keep /health, /setup and /metrics answering while they run.
+        threads = settings.max_concurrent_predictions + settings.admit_queue + 8
+        what = str(source)
     options = {
-        # Load the model in the worker as soon as it starts (threads do not survive the fork).
-        "post_worker_init": lambda worker: runtime.start(),
-        # Predictions are bounded by MAX_CONCURRENT_PREDICTIONS; the other threads keep /health,
-        # /setup and /metrics answering while they run.
-        "threads": int(os.environ.get("THREADS", limit + 8)),
+        # Start loading the model (or warming the front door) in the worker as soon as it
+        # starts: threads do not survive the fork.
+        "post_worker_init": lambda worker: service.start(),
+        "threads": int(os.environ.get("THREADS", threads)),
     }
-    print(f"lsfn: serving {source} on http://{host}:{port}", file=sys.stderr, flush=True)
+    print(f"lsfn: serving {what} on http://{host}:{port}", file=sys.stderr, flush=True)
     create_server(app, False, **options).run(host, port)
 
 
@@ -63,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("function", help="a folder under functions/ or the path of a function module")
     serve_cmd.add_argument("--port", type=int, default=int(os.environ.get("PORT", 9090)))
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    serve_cmd.add_argument("--upstream", default=os.environ.get("UPSTREAM_URL"), metavar="URL",
+                           help="serve the function's front door (no model) forwarding to the function at URL "
+                                "(default: UPSTREAM_URL)")
     weights_cmd = commands.add_parser("weights", help="download and check the weights a function lists")
     weights_cmd.add_argument("function", help="a folder under functions/ (yolo) or the path of a weights.json")
     weights_cmd.add_argument("--dest", type=Path, default=Path(os.environ.get("MODEL_ROOT", "models")),
@@ -90,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(version("lsfn"))
         return 0
     if args.command == "serve":
-        serve(args.function, args.host, args.port)
+        serve(args.function, args.host, args.port, args.upstream)
         return 0
     if args.command == "weights":
         from deploy.weights import WeightsFetchError, fetch_weights, listing_for

@@ -58,6 +58,29 @@ class Settings(BaseSettings):
     # How long a /predict that arrives during a cold start waits for the model to load; Label
     # Studio waits up to 100 s for /predict, so a cold start fits in one request.
     ready_timeout: float = Field(90.0, ge=0, validation_alias=_env("READY_TIMEOUT"))
+    # A /predict is answered this long after it arrived at the latest: tasks not predicted by
+    # then are error items, so Label Studio (which gives up after 100 s, storing nothing) stores
+    # the finished ones and a later run sends only the rest.
+    predict_deadline: float = Field(90.0, gt=0, validation_alias=_env("PREDICT_DEADLINE"))
+    # A request that finds every prediction slot taken waits this long for one, behind at most
+    # ADMIT_QUEUE others; beyond either, 503 with Retry-After.
+    admit_timeout: float = Field(5.0, ge=0, validation_alias=_env("ADMIT_TIMEOUT"))
+    admit_queue: int = Field(16, ge=0, validation_alias=_env("ADMIT_QUEUE"))
+
+    # The front door (`lsfn serve FUNCTION --upstream URL`): where the GPU function is and how
+    # it is called. The URL comes only from here, never from a request.
+    upstream_url: str | None = Field(None, validation_alias=_env("UPSTREAM_URL"))
+    # How long the front door keeps trying a cold upstream for a wake-up or a webhook (a
+    # /predict is bounded by PREDICT_DEADLINE instead).
+    upstream_timeout: float = Field(120.0, gt=0, validation_alias=_env("UPSTREAM_TIMEOUT"))
+    # A batch is sent on in chunks of this many tasks, this many chunks at once, so a platform
+    # that scales on concurrent requests starts more GPU instances for a big batch.
+    upstream_chunk_tasks: int = Field(8, gt=0, validation_alias=_env("UPSTREAM_CHUNK_TASKS"))
+    upstream_concurrency: int = Field(4, gt=0, validation_alias=_env("UPSTREAM_CONCURRENCY"))
+    # /predict requests the front door forwards at once; more wait as ADMIT_TIMEOUT/ADMIT_QUEUE say.
+    upstream_max_requests: int = Field(32, gt=0, validation_alias=_env("UPSTREAM_MAX_REQUESTS"))
+    # Seconds without an answer after which the upstream is taken to have scaled to zero.
+    upstream_idle_timeout: float = Field(300.0, gt=0, validation_alias=_env("UPSTREAM_IDLE_TIMEOUT"))
 
     # Fetching task images.
     fetch_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -89,7 +112,7 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("label_studio_url", mode="before")
+    @field_validator("label_studio_url", "upstream_url", mode="before")
     @classmethod
     def _strip_url(cls, value: object) -> object:
         if isinstance(value, str):

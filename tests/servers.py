@@ -57,7 +57,7 @@ class RecordingServer:
     """A threaded HTTP server on ``host`` answering ``routes[path]`` (path without the query,
     or the full path with it) and recording every request in ``hits``."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.routes: dict[str, Route] = {}
         self.hits: list[Hit] = []
         server = self
@@ -92,7 +92,7 @@ class RecordingServer:
             class server_class(ThreadingHTTPServer):  # type: ignore[no-redef]
                 address_family = socket.AF_INET6
 
-        self.httpd = server_class((host, 0), Handler)
+        self.httpd = server_class((host, port), Handler)
         self.httpd.daemon_threads = True
         self.host = host
         self.port = self.httpd.server_address[1]

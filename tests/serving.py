@@ -98,15 +98,17 @@ class Function:
         env: dict[str, str | None],
         model_root: Path | None = None,
         port: int | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
-        """``env`` adds to the inherited environment; a None value leaves the variable unset."""
+        """``env`` adds to the inherited environment; a None value leaves the variable unset;
+        ``args`` are added to `lsfn serve` (``("--upstream", url)`` serves the front door)."""
         self.model_root = model_root or tmp / "models"
         self.model_root.mkdir(parents=True, exist_ok=True)
         tmp.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp / f"function-{os.getpid()}-{time.monotonic_ns()}.log"
         port = port or free_port()
         self.port = port
-        inherited = ("LABEL_STUDIO", "BASIC_AUTH", "MAX_", "FETCH_", "MODEL_", "WEBHOOK_")
+        inherited = ("LABEL_STUDIO", "BASIC_AUTH", "MAX_", "FETCH_", "MODEL_", "WEBHOOK_", "UPSTREAM_", "PREDICT_", "ADMIT_")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
         full_env.update({"MODEL_ROOT": str(self.model_root), "LOG_LEVEL": "DEBUG"})
         full_env.update({k: v for k, v in env.items() if v is not None})
@@ -114,7 +116,7 @@ class Function:
             full_env.pop(key, None)
         self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "serve", str(source), "--port", str(port)],
+            [sys.executable, "-m", "shared.cli", "serve", str(source), "--port", str(port), *args],
             cwd=ROOT,
             env=full_env,
             stdout=self.log,

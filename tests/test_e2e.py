@@ -32,13 +32,8 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
-    server = LabelStudioServer(tmp_path_factory.mktemp("label-studio"))
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.close()
+def label_studio(label_studio_server: LabelStudioServer) -> LabelStudioServer:
+    return label_studio_server
 
 
 USER, PASSWORD, SECRET = "fnuser", "fnpass", "hook-secret"
@@ -86,14 +81,20 @@ def make_project(label_studio: LabelStudioServer, config: str, images: list[np.n
     response = label_studio.api("POST", "/api/projects", {"title": "e2e", "label_config": config})
     assert response.status == 201, response.data
     project = response.json()["id"]
+    if images:
+        upload_images(label_studio, project, images)
+    return project
+
+
+def upload_images(label_studio: LabelStudioServer, project: int, images: list[np.ndarray], first: int = 0) -> None:
+    """One task per image, uploaded as img<first + i>.png."""
     # One form field per file: several files under one field name import only the last (PROTOCOL.md §8).
-    fields = {f"file{i}": (f"img{i}.png", synthetic.png_bytes(pixels), "image/png") for i, pixels in enumerate(images)}
+    fields = {f"file{i}": (f"img{first + i}.png", synthetic.png_bytes(pixels), "image/png") for i, pixels in enumerate(images)}
     response = label_studio.http.request(
         "POST", f"{label_studio.url}/api/projects/{project}/import",
         headers={"Authorization": f"Token {LEGACY_TOKEN}"}, fields=fields,
     )  # fmt: skip
     assert response.status == 201, response.data
-    return project
 
 
 def tasks_by_image(label_studio: LabelStudioServer, project: int) -> dict[int, dict]:

@@ -156,6 +156,7 @@ def function(
         "WEBHOOK_SECRET": SECRET,
         "MAX_BODY_BYTES": str(1 << 20),
         "MAX_CONCURRENT_PREDICTIONS": "2",
+        "ADMIT_QUEUE": "1",
         "FETCH_ALLOWED_HOSTS": "127.0.0.3",
         "FETCH_TIMEOUT": "5",
     }
@@ -360,6 +361,25 @@ def test_a_large_batch_is_answered_in_task_order(function: Function) -> None:
             assert item["result"][0]["original_width"] == expected[i % 3], i
 
 
+def test_tasks_not_started_before_the_deadline_are_error_items(function: Function) -> None:
+    """Label Studio stores nothing when /predict outlasts its 100 s: by PREDICT_DEADLINE (or the
+    shorter time a front door passes in X-Predict-Deadline) the tasks still waiting are error
+    items, and the finished ones are answered."""
+    tasks: list[dict[str, Any]] = [{"image": "/data/upload/2/0e768658-img0.png", "hold": 0.1} for _ in range(10)]
+    response = call("POST", function.url + "/predict", predict_body(tasks), {**basic(), "X-Predict-Deadline": "0.3"})
+    results = response.json()["results"]
+    assert response.status == 200 and len(results) == 10
+    # The first chunk (8 tasks) started in time and is finished; the rest never started.
+    assert all(item["result"] for item in results[:8])
+    assert all("result" not in item and "not predicted before the deadline" in item["error"] for item in results[8:])
+    # No time left: nothing is predicted; a malformed or longer header changes nothing.
+    late = call("POST", function.url + "/predict", predict_body(tasks[:2]), {**basic(), "X-Predict-Deadline": "0"})
+    assert ["deadline" in item["error"] for item in late.json()["results"]] == [True, True]
+    for header in ("soon", "1e9", "-1"):
+        answer = call("POST", function.url + "/predict", predict_body(tasks[:1]), {**basic(), "X-Predict-Deadline": header})
+        assert answer.json()["results"][0]["result"], header
+
+
 def test_interactive_failure_is_an_http_error(function: Function) -> None:
     body = captured("req-0067-POST-predict.json")
     body["tasks"][0]["data"] = {"image": "/data/upload/2/bomb.png"}
@@ -448,18 +468,25 @@ def test_image_cache_spares_the_second_download(function: Function, label_studio
     assert hits and float(hits[0].split()[-1]) >= 2
 
 
-def test_overloaded_function_answers_503_and_control_routes_stay_fast(function: Function) -> None:
-    batch = predict_body([{"image": "/data/upload/2/0e768658-img0.png", "hold": 3}])
+def test_requests_wait_for_a_slot_a_flood_is_refused_and_control_routes_stay_fast(function: Function) -> None:
+    batch = predict_body([{"image": "/data/upload/2/0e768658-img0.png", "hold": 2}])
     interactive = captured("req-0067-POST-predict.json")
-    interactive["tasks"][0]["data"] = {"image": "/data/upload/2/11524fb9-img1.jpg", "hold": 3}
-    with ThreadPoolExecutor(2) as pool:
+    interactive["tasks"][0]["data"] = {"image": "/data/upload/2/11524fb9-img1.jpg", "hold": 2}
+    with ThreadPoolExecutor(4) as pool:
         running = [pool.submit(call, "POST", function.url + "/predict", batch, basic())]
         wait_in_flight(function, 1)
-        # MAX_CONCURRENT_PREDICTIONS=2: one slot is kept for interactive requests.
-        second_batch = call("POST", function.url + "/predict", batch, basic())
-        assert second_batch.status == 503 and "interactive" in second_batch.json()["detail"]
+        # MAX_CONCURRENT_PREDICTIONS=2, one slot kept for interactive requests: a second batch
+        # waits (ADMIT_QUEUE=1), a third finds the queue full and is refused at once.
+        running.append(pool.submit(call, "POST", function.url + "/predict", batch, basic()))
+        wait_waiting(function, running[-1])
+        started = time.monotonic()
+        third_batch = call("POST", function.url + "/predict", batch, basic())
+        assert third_batch.status == 503 and "already waiting" in third_batch.json()["detail"]
+        assert time.monotonic() - started < 0.5
         running.append(pool.submit(call, "POST", function.url + "/predict", interactive, basic()))
         wait_in_flight(function, 2)
+        running.append(pool.submit(call, "POST", function.url + "/predict", interactive, basic()))
+        wait_waiting(function, running[-1])
         overloaded = call("POST", function.url + "/predict", interactive, basic())
         assert overloaded.status == 503
         assert overloaded.headers["Retry-After"] == "1"
@@ -475,7 +502,14 @@ def test_overloaded_function_answers_503_and_control_routes_stay_fast(function: 
             assert call(method, function.url + path, body, basic()).status == 200
             assert time.monotonic() - started < 0.5, path
         assert not any(f.done() for f in running)
-        assert [f.result().status for f in running] == [200, 200]
+        # The waiting ones were served once a slot came free (ADMIT_TIMEOUT=5).
+        assert [f.result().status for f in running] == [200, 200, 200, 200]
+
+
+def wait_waiting(fn: Function, request: Any) -> None:
+    """Until the request is queued for a slot (it has been sent and is not answered)."""
+    time.sleep(0.3)
+    assert not request.done()
 
 
 def wait_in_flight(fn: Function, count: int) -> None:

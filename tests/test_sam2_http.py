@@ -334,6 +334,23 @@ def test_concurrent_clicks_on_two_images_each_get_their_own_mask(sam2: Function,
         assert [iou(brush_mask(a["result"][0]), e) >= 0.99 for a, e in zip(answers, expected)] == [True, True]
 
 
+def test_eight_annotators_clicking_at_once_are_all_served(sam2: Function, label_studio: RecordingServer) -> None:
+    """Two prediction slots (MAX_CONCURRENT_PREDICTIONS=2) and eight clicks at once on two
+    images: the clicks beyond the slots wait their turn (ADMIT_TIMEOUT) instead of failing,
+    and each gets exactly the mask a click alone gets."""
+    paths = [serve_image(label_studio, image(seed)) for seed in (41, 42)]
+    spots = [(40, 40), (80, 60), (120, 90), (60, 100)]
+    clicks = [(path, at) for path in paths for at in spots]
+    serial = [click(sam2, path, [point(*at, (160, 120))])[0] for path, at in clicks]  # also encodes both images
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda c: click(sam2, c[0], [point(*c[1], (160, 120))])[0], clicks))  # each asserts 200
+    def masks(prediction: dict[str, Any]) -> list[Any]:  # region ids are random
+        return [(r["value"], r["score"]) for r in prediction["result"]]
+
+    assert [masks(a) for a in answers] == [masks(s) for s in serial]
+    assert all(a["result"] for a in answers)
+
+
 def test_the_cache_keeps_only_what_it_is_allowed(tmp_path: Path, weights: Path, label_studio: RecordingServer,
                                                  reference: Reference) -> None:  # fmt: skip
     """Also label-studio-ml-backend's names for the model: MODEL_CONFIG with a packaged config

@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from functions.grounding_dino.main import Detector
+from functions.grounding_dino.detector import Detector
+from functions.grounding_sam.spec import GroundingSamSpec
 from functions.sam2.engine import Sam2Engine
-from functions.sam2.main import Sam2Settings, load_sam2
+from functions.sam2.loading import load_sam2
 from functions.torch_device import pick_device
 from shared import results
-from shared.label_config import Control, LabelConfig
+from shared.label_config import Control
 from shared.prompts import mask_control
 from shared.runtime import Batch, Model, Prediction, create_app, http_target
 
@@ -28,29 +29,23 @@ from shared.runtime import Batch, Model, Prediction, create_app, http_target
 BOXES_PER_CALL = 32
 
 
-class GroundingSamModel(Model):
-    model_version = "grounding-sam"
-
+class GroundingSamModel(GroundingSamSpec, Model):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.detector = Detector(settings)
-        self.sam_options = Sam2Settings()
         self.sam: Sam2Engine | None = None
 
     def setup(self) -> None:
         device = pick_device(self.settings.device)
         self.detector.load(device)
-        self.sam, self.cache, sam_version = load_sam2(self.settings.model_root, device, self.sam_options)
-        self.model_version = f"{self.detector.version}+{sam_version}"  # type: ignore[misc]
+        self.sam, self.cache = load_sam2(self.settings.model_root, device, self.sam_options)
+        self.model_version = self.version_for(None)  # type: ignore[misc]
 
     def warmup(self) -> None:
         assert self.detector.engine is not None and self.sam is not None
         blank = np.zeros((64, 64, 3), dtype=np.uint8)
         self.detector.engine.detect([blank], "object .", 1.0, 1.0)
         self.sam.segment(self.sam.embed(blank), np.zeros((0, 2)), np.zeros(0, dtype=bool), np.array([[8.0, 8.0, 40.0, 40.0]]), False)
-
-    def check_label_config(self, config: LabelConfig) -> None:
-        mask_control(config)
 
     def predict(self, batch: Batch) -> Sequence[Prediction]:
         control = mask_control(batch.label_config)

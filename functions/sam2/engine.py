@@ -22,17 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from functions.sam2.spec import SIZES
 from shared.weights import WeightsError
 
 __all__ = ["SIZES", "Embedding", "Sam2Engine"]
-
-# Model sizes by their short name: (config packaged in sam2, checkpoint file Meta publishes).
-SIZES: dict[str, tuple[str, str]] = {
-    "tiny": ("configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt"),
-    "small": ("configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt"),
-    "base_plus": ("configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt"),
-    "large": ("configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
-}
 
 # sam2's image normalisation (ImageNet mean and std) and its mask logit threshold.
 _MEAN = (0.485, 0.456, 0.406)

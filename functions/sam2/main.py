@@ -9,72 +9,16 @@ encoded once; later clicks on it reuse its embedding (functions/sam2/embeddings.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from functions.sam2.engine import SIZES, Embedding, Sam2Engine
-from functions.sam2.embeddings import EmbeddingCache
-from functions.torch_device import pick_device
+from functions.sam2.engine import Embedding, Sam2Engine
+from functions.sam2.loading import load_sam2
+from functions.sam2.spec import Sam2Spec
 from shared import results
-from shared.label_config import Control, LabelConfig
+from shared.label_config import Control
 from shared.prompts import PROMPT_TYPES, mask_control, output_label, prompts_for
 from shared.protocol import Context
 from shared.runtime import Batch, Model, Prediction, create_app, http_target
-from shared.weights import WeightsError, content_hash, resolve_weights
-
-MiB = 1 << 20
-
-
-class Sam2Settings(BaseSettings):
-    """The SAM 2 function's environment variables (label-studio-ml-backend's names where it has
-    them: MODEL_CONFIG, MODEL_CHECKPOINT)."""
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
-
-    # tiny, small, base_plus or large: sets the config and checkpoint file both.
-    size: Literal["tiny", "small", "base_plus", "large"] = Field("large", validation_alias=AliasChoices("MODEL_SIZE"))
-    # A config packaged in sam2 (configs/sam2.1/sam2.1_hiera_l.yaml), or a size's short name.
-    config_name: str | None = Field(None, validation_alias=AliasChoices("MODEL_CONFIG"))
-    # A file in the weights directory (MODEL_ROOT), or an absolute path.
-    checkpoint: str | None = Field(None, validation_alias=AliasChoices("MODEL_CHECKPOINT"))
-    cache_entries: int = Field(64, ge=0, validation_alias=AliasChoices("EMBEDDING_CACHE_ENTRIES"))
-    cache_bytes: int = Field(1024 * MiB, ge=0, validation_alias=AliasChoices("EMBEDDING_CACHE_BYTES"))
-    # How long a URL is trusted to name the bytes it was fetched as (no fetch on a click within it).
-    url_ttl: float = Field(300.0, ge=0, validation_alias=AliasChoices("EMBEDDING_URL_TTL"))
-
-    def model_files(self) -> tuple[str, str]:
-        """(config, checkpoint file name) after the size shorthand is applied."""
-        config = self.config_name or SIZES[self.size][0]
-        size = config if config in SIZES else self.size
-        if config in SIZES:
-            config = SIZES[config][0]
-        return config, self.checkpoint or SIZES[size][1]
-
-
-def checkpoint_path(weights_dir: Path, name: str) -> Path:
-    """MODEL_CHECKPOINT as a file: inside the weights directory, or an absolute path (set by
-    whoever deploys the function, as label-studio-ml-backend allows)."""
-    path = Path(name)
-    if path.is_absolute():
-        if not path.is_file():
-            raise WeightsError(f"MODEL_CHECKPOINT {name!r}: no such file")
-        return path
-    try:
-        return resolve_weights(weights_dir, name)
-    except WeightsError as exc:
-        raise WeightsError(f"MODEL_CHECKPOINT: {exc} (put the checkpoint there or set MODEL_ROOT)") from None
-
-
-def load_sam2(weights_dir: Path, device: str, options: Sam2Settings) -> tuple[Sam2Engine, EmbeddingCache, str]:
-    """The model the settings name, its embedding cache, and its version (checkpoint and hash)."""
-    config, name = options.model_files()
-    checkpoint = checkpoint_path(weights_dir, name)
-    engine = Sam2Engine.load(config, checkpoint, pick_device(device))
-    cache = EmbeddingCache(engine, max_entries=options.cache_entries, max_bytes=options.cache_bytes, url_ttl=options.url_ttl)
-    return engine, cache, f"sam2-{checkpoint.stem}@{content_hash(checkpoint)}"
 
 
 def _displayed_size(context: Context | None, object_name: str) -> tuple[int, int] | None:
@@ -85,20 +29,18 @@ def _displayed_size(context: Context | None, object_name: str) -> tuple[int, int
     return None
 
 
-class Sam2Model(Model):
-    model_version = "sam2"
+class Sam2Model(Sam2Spec, Model):
     # Images are fetched here, not by the runtime: a follow-up click must not fetch at all.
     fetch_objects = frozenset()
 
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
-        self.options = Sam2Settings()
         self.engine: Sam2Engine | None = None
 
     def setup(self) -> None:
-        self.engine, self.cache, version = load_sam2(self.settings.model_root, self.settings.device, self.options)
-        # The weights a prediction came from, as /health, /setup and predictions report it.
-        self.model_version = version  # type: ignore[misc]
+        self.engine, self.cache = load_sam2(self.settings.model_root, self.settings.device, self.options)
+        # The weights a prediction came from, as /health reports it.
+        self.model_version = self.version_for(None)  # type: ignore[misc]
 
     def warmup(self) -> None:
         import numpy as np
@@ -106,9 +48,6 @@ class Sam2Model(Model):
         assert self.engine is not None
         embedding = self.engine.embed(np.zeros((64, 64, 3), dtype=np.uint8))
         self.engine.segment(embedding, np.array([[32.0, 32.0]]), np.array([True]), np.zeros((0, 4)), multimask=True)
-
-    def check_label_config(self, config: LabelConfig) -> None:
-        mask_control(config)
 
     def predict(self, batch: Batch) -> Sequence[Prediction]:
         control = mask_control(batch.label_config, batch.context)

@@ -22,48 +22,21 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install a missin
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.gettempdir())  # it adds "Ultralytics/"
 
 import numpy as np  # noqa: E402
-from pydantic import AliasChoices, Field  # noqa: E402
-from pydantic_settings import BaseSettings, SettingsConfigDict  # noqa: E402
 
-from functions.yolo.controls import Plan, plan_controls, regions, tracker_config  # noqa: E402
+from functions.yolo.controls import Plan, regions, tracker_config  # noqa: E402
+from functions.yolo.spec import YoloSpec  # noqa: E402
 from shared import coords, results  # noqa: E402
-from shared.label_config import LabelConfig  # noqa: E402
 from shared.images import FetchError  # noqa: E402
 from shared.protocol import TaskFailure  # noqa: E402
 from shared.runtime import Batch, Model, Prediction, TaskError, TaskInput, create_app, http_target  # noqa: E402
 from shared.runtime.logs import logger  # noqa: E402
 from shared.ssrf import ForbiddenURL  # noqa: E402
-from shared.weights import WeightsError, content_hash, resolve_weights  # noqa: E402
+from shared.weights import WeightsError, resolve_weights  # noqa: E402
 
 
-class YoloSettings(BaseSettings):
-    """The YOLO function's own environment variables (label-studio-ml-backend's names)."""
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
-
-    allow_custom_model_path: bool = Field(True, validation_alias=AliasChoices("ALLOW_CUSTOM_MODEL_PATH"))
-    # Different weights files kept loaded at once (each control may name its own).
-    max_loaded_models: int = Field(4, gt=0, validation_alias=AliasChoices("YOLO_MAX_LOADED_MODELS"))
-    # Inference size; by default each model's own (the size it was trained at), as ultralytics does.
-    image_size: int | None = Field(None, gt=0, validation_alias=AliasChoices("YOLO_IMAGE_SIZE"))
-    # Video tracking reads at most this many frames, every VIDEO_FRAME_STRIDE-th one.
-    video_frame_limit: int = Field(3000, gt=0, validation_alias=AliasChoices("VIDEO_FRAME_LIMIT"))
-    video_frame_stride: int = Field(1, gt=0, validation_alias=AliasChoices("VIDEO_FRAME_STRIDE"))
-
-
-# The small demo detector shipped with the repository (scripts/default-detector): the weights
-# directory when MODEL_ROOT is not set, so `lsfn serve yolo` predicts on a fresh machine.
-SHIPPED_WEIGHTS = Path(__file__).parent / "models"
-
-
-class YoloModel(Model):
-    model_version = "yolo"
-
+class YoloModel(YoloSpec, Model):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
-        self.options = YoloSettings()
-        explicit = "model_root" in settings.model_fields_set
-        self.weights_dir: Path = settings.model_root if explicit else SHIPPED_WEIGHTS
         self._models: OrderedDict[Path, tuple[Any, threading.Lock]] = OrderedDict()
         self._loading: dict[Path, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -98,22 +71,6 @@ class YoloModel(Model):
         for path, (model, lock) in list(self._models.items()):
             with lock:
                 model.predict([blank], device=self.device, verbose=False, imgsz=64)
-
-    def _plans(self, config: LabelConfig) -> list[Plan]:
-        return plan_controls(config, self.settings.model_score_threshold, self.options.allow_custom_model_path)
-
-    def check_label_config(self, config: LabelConfig) -> None:
-        for plan in self._plans(config):
-            resolve_weights(self.weights_dir, plan.weights)
-
-    def version_for(self, config: LabelConfig | None) -> str:
-        if config is None:
-            return self.model_version
-        names = []
-        for plan in self._plans(config):
-            path = resolve_weights(self.weights_dir, plan.weights)
-            names.append(f"{path.stem}@{content_hash(path)}")
-        return "yolo-" + "+".join(dict.fromkeys(names))
 
     def _model(self, path: Path) -> tuple[Any, threading.Lock]:
         """The loaded model for a weights file, kept in a small LRU."""

@@ -15,9 +15,9 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["Metrics"]
+__all__ = ["LATENCY_BUCKETS", "Metrics"]
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
@@ -26,21 +26,29 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, model: bool = True) -> None:
+        """``model=False``: only the HTTP side (requests, latency, errors), for the front door."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
             "lsfn_requests", "HTTP requests by route, method and status", ["route", "method", "status"], registry=r
         )
         self.latency = Histogram(
-            "lsfn_request_duration_seconds", "Request latency by route", ["route"], buckets=_LATENCY_BUCKETS, registry=r
+            "lsfn_request_duration_seconds", "Request latency by route", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.errors = Counter("lsfn_errors", "Error answers by route and error", ["route", "error"], registry=r)
+        # Children by labels: prometheus_client's labels() locks and validates on every call.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        if model:
+            self._model_metrics()
+
+    def _model_metrics(self) -> None:
+        r = self.registry
         self.phases = Histogram(
             "lsfn_predict_phase_seconds",
             "Time /predict spends fetching, decoding, predicting and encoding",
             ["phase"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.tasks = Counter("lsfn_tasks", "Tasks answered by /predict, by outcome", ["outcome"], registry=r)
@@ -53,9 +61,6 @@ class Metrics:
         self.in_flight = Gauge("lsfn_predictions_in_flight", "Predictions running now", registry=r)
         self.ready = Gauge("lsfn_model_ready", "1 once the model is loaded and warmed up", registry=r)
         self.webhooks = Counter("lsfn_webhook_events", "Webhook events by action and outcome", ["action", "outcome"], registry=r)
-
-        # Children by labels: prometheus_client's labels() locks and validates on every call.
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

@@ -16,7 +16,7 @@ from shared.protocol import Context, PredictRequest, Task, TaskFailure, WebhookE
 from shared.runtime.telemetry import Telemetry
 from shared.settings import Settings
 
-__all__ = ["Batch", "ImageSource", "Model", "Prediction", "TaskInput"]
+__all__ = ["Batch", "ImageSource", "Model", "Prediction", "Spec", "TaskInput"]
 
 # One task's answer: a prediction (shared.results.prediction), several predictions (Label Studio
 # stores each), or a TaskFailure for that task alone.
@@ -88,20 +88,16 @@ class Batch:
         return self.request.project
 
 
-class Model:
-    """Base class of a model function.
-
-    ``setup`` loads weights from the image (never downloads) and ``warmup`` runs once; both run
-    in the background while the server already answers /health with 503 "loading". ``predict``
-    gets a ``Batch`` and returns one ``Prediction`` per task, in order. ``fit`` receives webhook
-    events in the background when the model trains (``trains = True``).
-    """
+class Spec:
+    """What a function answers without its model: which label configs it serves, the model
+    version for a config, the versions it lists. The front door (``lsfn serve --upstream``)
+    serves these from a function's ``spec.py`` without importing any model library, so a
+    subclass must stay cheap to import and to call (no torch, no weights loaded; reading a
+    weights file's hash is fine, it is computed once)."""
 
     #: Reported by /setup and added to predictions that carry none (Label Studio skips tasks
     #: that already hold a prediction of this version).
     model_version: ClassVar[str] = "0.0.1"
-    #: Object tags whose task data the runtime fetches and decodes before predict.
-    fetch_objects: ClassVar[frozenset[str]] = frozenset({"Image"})
     #: Whether webhook events go to ``fit``.
     trains: ClassVar[bool] = False
 
@@ -113,24 +109,39 @@ class Model:
     def model_class(self) -> str:
         return type(self).__name__
 
-    def setup(self) -> None:
-        """Load weights from the image's weights directory (settings.model_root)."""
-
-    def warmup(self) -> None:
-        """Run once after setup, before /health reports ready (compile kernels, first inference)."""
-
     def check_label_config(self, config: LabelConfig) -> None:
         """Raise LabelConfigError when the model cannot serve this label config. Called by
-        /setup and /predict; must be cheap and must not need the weights."""
+        /setup and /predict; must be cheap and must not need the model loaded."""
 
     def version_for(self, config: LabelConfig | None) -> str:
         """The model version for a project's label config (a function whose weights depend on
-        the config names them here); ``model_version`` by default. Must be cheap."""
+        the config names them here); ``model_version`` by default. Must be cheap, and the same
+        before and after the model loads: Label Studio compares it with the version stamped on
+        predictions to skip tasks already predicted."""
         return self.model_version
 
     def versions(self) -> list[str]:
         """The model versions /versions lists."""
         return [self.model_version]
+
+
+class Model(Spec):
+    """Base class of a model function: a ``Spec`` with the model behind it.
+
+    ``setup`` loads weights from the image (never downloads) and ``warmup`` runs once; both run
+    in the background while the server already answers /health with 503 "loading". ``predict``
+    gets a ``Batch`` and returns one ``Prediction`` per task, in order. ``fit`` receives webhook
+    events in the background when the model trains (``trains = True``).
+    """
+
+    #: Object tags whose task data the runtime fetches and decodes before predict.
+    fetch_objects: ClassVar[frozenset[str]] = frozenset({"Image"})
+
+    def setup(self) -> None:
+        """Load weights from the image's weights directory (settings.model_root)."""
+
+    def warmup(self) -> None:
+        """Run once after setup, before /health reports ready (compile kernels, first inference)."""
 
     def predict(self, batch: Batch) -> Sequence[Prediction]:
         raise NotImplementedError

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from shared.runtime.telemetry import Telemetry, Timing
 from shared.settings import Settings
 from shared.weights import WeightsError
 
-__all__ = ["CHUNK_TASKS", "Predictor"]
+__all__ = ["CHUNK_TASKS", "Predictor", "deadline_error"]
 
 # Tasks fetched, decoded and predicted together; a batch larger than this goes in chunks.
 CHUNK_TASKS = 8
@@ -71,6 +72,12 @@ class _Fetched:
     errors: dict[int, HTTPError]  # tasks whose data has no usable value
 
 
+def deadline_error(budget: float) -> HTTPError:
+    """The error item of a task not predicted before the /predict deadline (a later run of
+    "Retrieve predictions" sends it again: Label Studio stores nothing for an error item)."""
+    return HTTPError(503, "deadline", f"not predicted before the deadline (PREDICT_DEADLINE={budget:g} s)", {"Retry-After": "1"})
+
+
 def _task_value(task: Task, obj: ObjectTag) -> str:
     """The task data an object points at (``<Image name="image" value="$image">``: data.image)."""
     key = obj.value_key or ""
@@ -97,8 +104,11 @@ class Predictor:
         self._prefetch = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lsfn-prefetch")
         self._decode_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="lsfn-decode")
 
-    def run(self, request: PredictRequest, config: LabelConfig, timing: Timing, request_id: str) -> bytes:
-        """The encoded /predict answer; raises HTTPError for a failing interactive request."""
+    def run(
+        self, request: PredictRequest, config: LabelConfig, timing: Timing, request_id: str, deadline: float | None = None
+    ) -> bytes:
+        """The encoded /predict answer; raises HTTPError for a failing interactive request.
+        Chunks not started by ``deadline`` (time.monotonic()) are answered as error items."""
         tasks = request.tasks
         items: list[Prediction | HTTPError] = []
         # Label Studio sends every selected task in one request: work through them a few at a
@@ -107,6 +117,10 @@ class Predictor:
         # The next chunk's images download while this chunk is predicted.
         fetching = self._prefetch.submit(self._fetch, chunks[0], request, config, timing)
         for number, chunk in enumerate(chunks):
+            if deadline is not None and time.monotonic() >= deadline:
+                late = deadline_error(self.settings.predict_deadline)
+                items.extend(late for _ in range(len(tasks) - len(items)))
+                break
             fetched = fetching.result()
             if number + 1 < len(chunks):
                 fetching = self._prefetch.submit(self._fetch, chunks[number + 1], request, config, timing)

@@ -1,0 +1,80 @@
+"""What the Grounding DINO function answers without its model: the label configs it serves, the
+model folder its settings name and the version that folder makes. No torch or transformers
+here: the front door serves these (shared/runtime/front_door.py), and Grounding SAM reads the
+same settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.label_config import Control, LabelConfig
+from shared.protocol import Context
+from shared.runtime.model import Spec
+from shared.weights import WeightsError, content_hash
+
+__all__ = ["DEFAULT_MODEL", "DinoSettings", "GroundingDinoSpec", "dino_version", "model_folder", "output_box_control", "spec"]
+
+# Where `lsfn weights grounding_dino` puts IDEA-Research/grounding-dino-tiny.
+DEFAULT_MODEL = "grounding-dino-tiny"
+
+
+class DinoSettings(BaseSettings):
+    """Grounding DINO's environment variables (label-studio-ml-backend's threshold names)."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+    box_threshold: float = Field(0.3, ge=0, le=1, validation_alias=AliasChoices("BOX_THRESHOLD"))
+    text_threshold: float = Field(0.25, ge=0, le=1, validation_alias=AliasChoices("TEXT_THRESHOLD"))
+    # A transformers Grounding DINO folder in the weights directory (MODEL_ROOT), or an absolute path.
+    model: str = Field(DEFAULT_MODEL, validation_alias=AliasChoices("GROUNDING_DINO_MODEL"))
+    # label-studio-ml-backend's original-format checkpoint: named here only to explain its absence.
+    legacy_weights: str | None = Field(None, validation_alias=AliasChoices("GROUNDING_DINO_WEIGHTS"))
+    # Images per forward pass; by default 8 on a GPU and 1 on a CPU, where a batch of 800-pixel
+    # images takes longer than the same images one by one (README: the engine comparison).
+    batch_size: int | None = Field(None, gt=0, validation_alias=AliasChoices("GROUNDING_DINO_BATCH_SIZE"))
+
+
+def model_folder(weights_dir: Path, name: str) -> Path:
+    """GROUNDING_DINO_MODEL as a folder: inside the weights directory, or an absolute path."""
+    path = Path(name) if Path(name).is_absolute() else weights_dir / name
+    if not path.is_dir():
+        raise WeightsError(f"GROUNDING_DINO_MODEL: no model folder {path} (lsfn weights grounding_dino --dest <MODEL_ROOT>)")
+    return path
+
+
+def output_box_control(config: LabelConfig, context: Context | None) -> Control:
+    """The RectangleLabels on an Image the boxes answer: on the image the prompt was typed for."""
+    controls = config.require("RectangleLabels", "Image")
+    typed_on = {r.to_name for r in (context.regions("textarea") if context else []) if r.to_name}
+    return next((c for c in controls if c.object.name in typed_on), controls[0])
+
+
+def dino_version(weights_dir: Path, options: DinoSettings) -> str:
+    """The version predictions carry: the model folder's name and its weights' content hash."""
+    folder = model_folder(weights_dir, options.model)
+    weights = folder / "model.safetensors"
+    return f"grounding-dino-{folder.name}" + (f"@{content_hash(weights)}" if weights.is_file() else "")
+
+
+class GroundingDinoSpec(Spec):
+    model_version = "grounding-dino"
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self.dino_options = DinoSettings()
+
+    def check_label_config(self, config: LabelConfig) -> None:
+        output_box_control(config, None)
+
+    def version_for(self, config: LabelConfig | None) -> str:
+        return dino_version(self.settings.model_root, self.dino_options)
+
+    def versions(self) -> list[str]:
+        return [self.version_for(None)]
+
+
+spec = GroundingDinoSpec

@@ -1,0 +1,37 @@
+"""What the Grounding SAM function answers without its models: the label configs it serves and
+the version its two models make (Grounding DINO's folder and SAM 2's checkpoint). No torch,
+transformers or sam2 here: the front door serves these (shared/runtime/front_door.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functions.grounding_dino.spec import DinoSettings, dino_version
+from functions.sam2.spec import Sam2Settings, sam2_version
+from shared.label_config import LabelConfig
+from shared.prompts import mask_control
+from shared.runtime.model import Spec
+
+__all__ = ["GroundingSamSpec", "spec"]
+
+
+class GroundingSamSpec(Spec):
+    model_version = "grounding-sam"
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self.dino_options = DinoSettings()
+        self.sam_options = Sam2Settings()
+
+    def check_label_config(self, config: LabelConfig) -> None:
+        mask_control(config)
+
+    def version_for(self, config: LabelConfig | None) -> str:
+        root = self.settings.model_root
+        return f"{dino_version(root, self.dino_options)}+{sam2_version(root, self.sam_options)}"
+
+    def versions(self) -> list[str]:
+        return [self.version_for(None)]
+
+
+spec = GroundingSamSpec

@@ -1,0 +1,20 @@
+"""Loading SAM 2 with its embedding cache, for the SAM 2 and Grounding SAM functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from functions.sam2.embeddings import EmbeddingCache
+from functions.sam2.engine import Sam2Engine
+from functions.sam2.spec import Sam2Settings, checkpoint_path
+from functions.torch_device import pick_device
+
+__all__ = ["load_sam2"]
+
+
+def load_sam2(weights_dir: Path, device: str, options: Sam2Settings) -> tuple[Sam2Engine, EmbeddingCache]:
+    """The model the settings name and its embedding cache."""
+    config, name = options.model_files()
+    engine = Sam2Engine.load(config, checkpoint_path(weights_dir, name), pick_device(device))
+    cache = EmbeddingCache(engine, max_entries=options.cache_entries, max_bytes=options.cache_bytes, url_ttl=options.url_ttl)
+    return engine, cache

@@ -1,0 +1,247 @@
+"""The front door: a function's routes, served without its model, in front of the GPU function.
+
+Label Studio gives /health one second and /setup three before every batch, and marks a slow
+backend Disconnected; a GPU function that scaled to zero needs far longer to start. So a
+deployed function is two pieces: this small CPU server (no torch; ready in well under a
+second) answers /health, /setup and /versions itself from the function's ``Spec`` and what it
+has seen of the upstream, and forwards /predict and /webhook to the GPU function, waiting
+through its cold start. /setup also starts waking the upstream, since a batch follows it.
+
+Auth, body limits, JSON errors, logs and metrics are the function's own (shared/runtime/service.py),
+applied before anything is forwarded. The client's ``Authorization`` never reaches the upstream:
+the front door's ``Upstream`` adds its own credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import flask
+from werkzeug.wrappers import Response
+
+from shared.label_config import parse_label_config
+from shared.protocol import TaskFailure, parse_predict, parse_setup, parse_webhook, predict_response
+from shared.runtime.admission import Gate
+from shared.runtime.app import wsgi_app
+from shared.runtime.background import BoundedWorker
+from shared.runtime.errors import HTTPError
+from shared.runtime.logs import configure_logging, logger
+from shared.runtime.metrics import Metrics
+from shared.runtime.model import Spec
+from shared.runtime.predict import deadline_error
+from shared.runtime.service import ACTIONS, DEADLINE_HEADER, Call, Service, json_response
+from shared.runtime.upstream import Answer, HttpUpstream, Unreachable, Upstream
+from shared.runtime.upstream_link import Status, UpstreamLink
+from shared.settings import Settings, get_settings
+
+__all__ = ["FrontDoor", "create_front_door"]
+
+# Time kept back from what the front door passes on as the upstream's deadline, for the
+# upstream's answer to travel back before the front door's own deadline.
+_RETURN_MARGIN = 1.0
+_PASSED_HEADERS = ("Content-Type", "Retry-After")
+
+
+def _error_item(message: str) -> str:
+    return json.dumps(predict_response([TaskFailure(message)])["results"][0], separators=(",", ":"))
+
+
+def _answer_problem(answer: Answer) -> str:
+    """What went wrong in a failed upstream answer, in a line."""
+    try:
+        body = json.loads(answer.body)
+        detail = f"{body.get('error')}: {body.get('detail')}" if isinstance(body, dict) else ""
+    except ValueError:
+        detail = ""
+    return f"upstream answered {answer.status}" + (f" ({detail[:300]})" if detail else "")
+
+
+class FrontDoor(Service):
+    def __init__(self, spec_class: type[Spec], upstream: Upstream | None = None, settings: Settings | None = None) -> None:
+        settings = settings or get_settings()
+        configure_logging(settings.log_level)
+        super().__init__(settings, Metrics(model=False))
+        if upstream is None:
+            if not settings.upstream_url:
+                raise ValueError("the front door needs an upstream: set UPSTREAM_URL or pass --upstream")
+            connections = settings.upstream_max_requests * settings.upstream_concurrency
+            upstream = HttpUpstream(settings.upstream_url, connections=connections)
+        self.spec = spec_class(settings)
+        self.link = UpstreamLink(upstream, settings, self.metrics.registry)
+        self._gate = Gate(settings.upstream_max_requests, settings.admit_queue, "forwarded predictions (UPSTREAM_MAX_REQUESTS)")
+        # Threads are created as chunks need them, none before the server forks its worker.
+        self._chunks = ThreadPoolExecutor(
+            max_workers=settings.upstream_max_requests * settings.upstream_concurrency, thread_name_prefix="lsfn-chunk"
+        )
+        self._webhooks: BoundedWorker[tuple[bytes, str]] = BoundedWorker(self._relay_webhook, "lsfn-webhooks")
+        self._started = False
+
+    def start(self) -> None:
+        """Work that makes the first /setup fast: the weights' content hashes behind the model
+        version are read once, in the background."""
+        if self._started:
+            return
+        self._started = True
+
+        def warm() -> None:
+            try:
+                self.spec.version_for(None)
+            except Exception as exc:  # noqa: BLE001 - /setup reports it when it matters
+                logger.warning("model version not known yet", extra={"detail": str(exc)[:300]})
+
+        threading.Thread(target=warm, name="lsfn-warm", daemon=True).start()
+
+    def on_request(self) -> None:
+        self.start()
+
+    def _headers(self, call: Call, json_body: bool = False) -> dict[str, str]:
+        headers = {"X-Request-Id": call.request_id}
+        if json_body:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    # -- answered here ---------------------------------------------------------------------------
+
+    def health(self, call: Call) -> Response:
+        state, reason, age = self.link.status()
+        upstream: dict[str, Any] = {"state": state.value}
+        if age is not None:
+            upstream["last_answer_seconds_ago"] = round(age, 1)
+        if state is Status.FAILED:
+            # The reason may name files inside the GPU function's image.
+            upstream["detail"] = reason if call.authorized else "see the front door's log or ask with credentials"
+        body = {"status": "UP", "model_class": self.spec.model_class, "model_version": self.spec.model_version,
+                "role": "front door", "upstream": upstream}  # fmt: skip
+        return json_response(200, body)
+
+    def setup(self, call: Call) -> Response:
+        request = parse_setup(call.body)
+        config = parse_label_config(request.label_config) if request.label_config else None
+        if config is not None:
+            self.spec.check_label_config(config)
+        version = self.link.version_for(request.label_config) or self.spec.version_for(config)
+        if self.link.wake(call.raw, self._headers(call)):
+            logger.info("waking the upstream", extra={"request_id": call.request_id})
+        return json_response(200, {"model_version": version})
+
+    def versions(self, call: Call) -> Response:
+        listed = self.link.refresh_versions(self._headers(call)) or self.link.listed_versions() or self.spec.versions()
+        return json_response(200, {"versions": listed, "model_version": listed[0] if listed else self.spec.model_version})
+
+    # -- forwarded -------------------------------------------------------------------------------
+
+    def webhook(self, call: Call) -> Response:
+        event = parse_webhook(call.body)
+        action = event.action if event.action in ACTIONS else "other"
+        if not self.spec.trains:
+            return json_response(200, {"status": "ignored", "detail": f"{self.spec.model_class} does not train"})
+        job = uuid.uuid4().hex
+        if not self._webhooks.submit((call.raw, job), call.body_bytes):
+            raise HTTPError(503, "webhook queue full", "events arrive faster than the upstream takes them", {"Retry-After": "5"})
+        logger.info("webhook queued for the upstream", extra={"request_id": call.request_id, "job": job, "action": action})
+        return json_response(200, {"status": "queued", "job": job})
+
+    def _relay_webhook(self, item: tuple[bytes, str]) -> None:
+        raw, job = item
+        headers = {"Content-Type": "application/json", "X-Request-Id": job}
+        try:
+            answer = self.link.call("POST", "/webhook", raw, headers, time.monotonic() + self.settings.upstream_timeout, "webhook")
+        except Unreachable as exc:
+            logger.error("webhook not delivered to the upstream", extra={"job": job, "detail": str(exc)})
+            return
+        level = 20 if answer.status < 400 else 40
+        logger.log(level, "webhook delivered to the upstream", extra={"job": job, "status": answer.status})
+
+    def predict(self, call: Call) -> Response:
+        request = parse_predict(call.body)
+        if not request.label_config:
+            raise HTTPError(422, "invalid request", "label_config: the project's label config is missing")
+        self.spec.check_label_config(parse_label_config(request.label_config))
+        deadline = self.deadline(call)
+        self._gate.enter(min(deadline, call.started + self.settings.admit_timeout))
+        try:
+            with call.timing.phase("upstream"):
+                tasks: list[Any] = call.body["tasks"]
+                size = self.settings.upstream_chunk_tasks
+                if request.is_interactive or len(tasks) <= size:
+                    return self._forward_whole(call, len(tasks), request.is_interactive, deadline)
+                chunks = [tasks[start : start + size] for start in range(0, len(tasks), size)]
+                return self._forward_chunks(call, chunks, deadline)
+        finally:
+            self._gate.leave()
+
+    def _send(self, call: Call, body: bytes, deadline: float) -> Answer:
+        left = deadline - time.monotonic() - _RETURN_MARGIN
+        headers = {**self._headers(call, json_body=True), DEADLINE_HEADER: f"{max(left, 0.0):.3f}"}
+        return self.link.call("POST", "/predict", body, headers, deadline, "predict")
+
+    def _forward_whole(self, call: Call, count: int, interactive: bool, deadline: float) -> Response:
+        """One request upstream, its answer returned as the upstream gave it."""
+        try:
+            answer = self._send(call, call.raw, deadline)
+        except Unreachable as exc:
+            late = deadline_error(self.settings.predict_deadline)
+            if interactive:
+                raise HTTPError(late.status, late.error, f"{late.detail}: {exc}", late.headers) from None
+            items = [_error_item(f"{late.error}: {late.detail}: {exc}")] * count
+            return Response(('{"results":[' + ",".join(items) + "]}").encode(), status=200, mimetype="application/json")
+        headers = {k: answer.headers[k] for k in _PASSED_HEADERS if k in answer.headers}
+        return Response(answer.body, status=answer.status, headers=headers)
+
+    def _forward_chunks(self, call: Call, chunks: list[list[Any]], deadline: float) -> Response:
+        """Chunks sent concurrently (UPSTREAM_CONCURRENCY at a time, in order), answers
+        reassembled in task order; a chunk that fails fails only its own tasks."""
+        answers: list[list[str] | None] = [None] * len(chunks)
+        pending = iter(range(len(chunks)))
+        lock = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    index = next(pending, None)
+                if index is None:
+                    return
+                answers[index] = self._chunk(call, chunks[index], deadline)
+
+        workers = [self._chunks.submit(worker) for _ in range(min(self.settings.upstream_concurrency, len(chunks)))]
+        for future in workers:
+            future.result()
+        items = [item for answer in answers for item in answer or []]
+        return Response(('{"results":[' + ",".join(items) + "]}").encode(), status=200, mimetype="application/json")
+
+    def _chunk(self, call: Call, tasks: list[Any], deadline: float) -> list[str]:
+        """A chunk's encoded result items, or its error items."""
+        late = deadline_error(self.settings.predict_deadline)
+        if time.monotonic() >= deadline:
+            return [_error_item(f"{late.error}: {late.detail}")] * len(tasks)
+        body = json.dumps({**call.body, "tasks": tasks}, separators=(",", ":")).encode()
+        try:
+            answer = self._send(call, body, deadline)
+        except Unreachable as exc:
+            return [_error_item(f"{late.error}: {late.detail}: {exc}")] * len(tasks)
+        problem = _answer_problem(answer)
+        if answer.status == 200:
+            try:
+                results = json.loads(answer.body).get("results")
+            except (ValueError, AttributeError):
+                results = None
+            if isinstance(results, list) and len(results) == len(tasks):
+                return [json.dumps(item, separators=(",", ":")) for item in results]
+            problem = f"upstream answered 200 without one result per task ({len(tasks)})"
+        logger.warning("chunk failed upstream", extra={"request_id": call.request_id, "tasks": len(tasks), "detail": problem})
+        return [_error_item(problem)] * len(tasks)
+
+
+def create_front_door(spec_class: type[Spec], upstream: Upstream | None = None, settings: Settings | None = None) -> flask.Flask:
+    """The WSGI app of a front door for the function ``spec_class`` describes, calling
+    ``upstream`` (by default UPSTREAM_URL over HTTP); ``app.extensions["lsfn"]`` is the FrontDoor."""
+    front_door = FrontDoor(spec_class, upstream, settings)
+    app = flask.Flask(f"lsfn.front-door.{spec_class.__name__}")
+    app.wsgi_app = wsgi_app(front_door)  # type: ignore[method-assign]
+    app.extensions["lsfn"] = front_door
+    return app

@@ -1,0 +1,264 @@
+"""The request cycle every lsfn server shares: routing, auth, body limits, JSON errors, request
+ids, timing, logs and metrics. ``Runtime`` (shared/runtime/app.py, a function with its model)
+and ``FrontDoor`` (shared/runtime/front_door.py, no model) fill in the same routes.
+
+Routing is ours rather than Flask's: functions-framework hands every path to one target, so
+one code path serves whichever server is in front.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from shared.runtime.errors import HTTPError, client_error
+from shared.runtime.logs import logger
+from shared.runtime.metrics import Metrics
+from shared.runtime.telemetry import Timing
+from shared.settings import Settings
+
+__all__ = ["ACTIONS", "DEADLINE_HEADER", "WEBHOOK_SECRET_HEADER", "Call", "Route", "Service", "json_response"]
+
+WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
+_WWW_AUTHENTICATE = 'Basic realm="lsfn", charset="UTF-8"'
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Parsing JSON takes about twenty times the body in memory: bodies above this size are parsed
+# a few at a time, so a burst of large ones cannot take the instance's memory.
+_LARGE_BODY = 1 << 20
+_LARGE_BODIES_AT_ONCE = 2
+_DRAIN_BYTES = 64 << 20  # how much of an oversized body is read and dropped before the 413
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The seconds a caller (the front door) leaves for a /predict; only ever shortens PREDICT_DEADLINE.
+DEADLINE_HEADER = "X-Predict-Deadline"
+# Events Label Studio sends (PROTOCOL.md §5): anything else is counted as "other" so a client
+# cannot grow the metric's label set.
+ACTIONS = frozenset(
+    {
+        "TASKS_CREATED", "TASKS_DELETED", "ANNOTATION_CREATED", "ANNOTATIONS_CREATED",
+        "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING", "PROJECT_CREATED",
+        "PROJECT_UPDATED", "PROJECT_DELETED", "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED",
+        "LABEL_LINK_DELETED",
+    }
+)  # fmt: skip
+
+
+@dataclass
+class Call:
+    """One request as a handler sees it."""
+
+    request: Request
+    body: Any
+    raw: bytes  # the body as received (forwarded verbatim by the front door)
+    request_id: str
+    timing: Timing
+    authorized: bool
+    started: float  # time.monotonic() when the request arrived
+
+    @property
+    def body_bytes(self) -> int:
+        return len(self.raw)
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    methods: frozenset[str]
+    handler: Callable[[Call], Response]
+    public: bool = False  # answered without auth (/ and /health: probes and Label Studio's check)
+    reads_json: bool = False
+
+
+def _discard(stream: Any, budget: int) -> None:
+    while budget > 0 and (chunk := stream.read(min(1 << 20, budget))):
+        budget -= len(chunk)
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    data = json.dumps(body, separators=(",", ":"), allow_nan=False)
+    return Response(data, status=status, headers=headers, mimetype="application/json")
+
+
+class Service:
+    """A server for Label Studio's routes; subclasses implement the handlers."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._large_bodies = threading.BoundedSemaphore(_LARGE_BODIES_AT_ONCE)
+        if self.settings.webhook_secret and self.settings.basic_auth is None:
+            logger.warning("WEBHOOK_SECRET is set without BASIC_AUTH_USER/BASIC_AUTH_PASS: only /webhook is protected")
+        get, post = frozenset({"GET", "HEAD"}), frozenset({"POST"})
+        self.routes = {
+            "/": Route("health", get, self.health, public=True),
+            "/health": Route("health", get, self.health, public=True),
+            "/setup": Route("setup", post, self.setup, reads_json=True),
+            "/versions": Route("versions", get, self.versions),
+            "/predict": Route("predict", post, self.predict, reads_json=True),
+            "/webhook": Route("webhook", post, self.webhook, reads_json=True),
+            "/metrics": Route("metrics", get, self.metrics_route),
+        }
+
+    def on_request(self) -> None:
+        """Called first for every request (cheap)."""
+
+    def health(self, call: Call) -> Response:
+        raise NotImplementedError
+
+    def setup(self, call: Call) -> Response:
+        raise NotImplementedError
+
+    def versions(self, call: Call) -> Response:
+        raise NotImplementedError
+
+    def predict(self, call: Call) -> Response:
+        raise NotImplementedError
+
+    def webhook(self, call: Call) -> Response:
+        raise NotImplementedError
+
+    def metrics_route(self, call: Call) -> Response:
+        return Response(self.metrics.exposition(), status=200, content_type=self.metrics.content_type)
+
+    def deadline(self, call: Call) -> float:
+        """When a /predict must be answered (time.monotonic()): PREDICT_DEADLINE after it arrived,
+        or sooner when the caller says so (the front door passes what is left of its own)."""
+        budget = self.settings.predict_deadline
+        given = call.request.headers.get(DEADLINE_HEADER, "")
+        try:
+            if given and 0 <= float(given) < budget:
+                budget = float(given)
+        except ValueError:
+            pass  # a malformed header is ignored, like a missing one
+        return call.started + budget
+
+    # -- the request cycle ------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        arrived = time.monotonic()
+        request_id = request.headers.get("X-Request-Id", "")
+        if not _REQUEST_ID.fullmatch(request_id):
+            request_id = os.urandom(8).hex()
+        self.on_request()
+        path = request.path.rstrip("/") or "/"
+        route = self.routes.get(path)
+        route_name = route.name if route else "unknown"
+        timing = Timing()
+        try:
+            authorized = self._authorize(route, request)
+            if route is None:
+                raise HTTPError(404, "not found", f"no route {path[:200]!r}; routes: {', '.join(self.routes)}")
+            if request.method not in route.methods:
+                allowed = ", ".join(sorted(route.methods))
+                raise HTTPError(405, "method not allowed", f"{path} accepts {allowed}", {"Allow": allowed})
+            body, raw = self._read_json(request) if route.reads_json else (None, b"")
+            response = route.handler(Call(request, body, raw, request_id, timing, authorized, arrived))
+        except Exception as exc:  # noqa: BLE001 - a bug must answer 500, never take the process down
+            error = client_error(exc)
+            if error is None:
+                logger.exception("unhandled error", extra={"request_id": request_id, "route": route_name})
+                detail = "an unexpected error; the function's log has it under this request id"
+                error = HTTPError(500, "internal error", detail)
+            response = self._error(error, request_id, route_name)
+        elapsed = time.perf_counter() - started
+        response.headers["X-Request-Id"] = request_id
+        server_timing = timing.header(elapsed)
+        if server_timing:
+            response.headers["Server-Timing"] = server_timing
+        method = request.method if request.method in _KNOWN_METHODS else "other"  # bounded labels
+        self.metrics.observe_request(route_name, method, response.status_code, elapsed)
+        # Label Studio polls /health often: keep it out of the default log level.
+        level = 10 if route_name == "health" and response.status_code < 400 else 20
+        logger.log(
+            level,
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.path[:200],
+                "status": response.status_code,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )
+        return response
+
+    def _error(self, exc: HTTPError, request_id: str, route_name: str) -> Response:
+        self.metrics.errors.labels(route_name, str(exc.status)).inc()
+        body = {"error": exc.error, "detail": exc.detail, "request_id": request_id}
+        response = json_response(exc.status, body, exc.headers)
+        if exc.status == 413:
+            # A streamed response tells functions-framework not to buffer the rest of an
+            # oversized body after we answered (it reads the whole body otherwise).
+            response.response = iter([response.get_data()])
+        return response
+
+    def _authorize(self, route: Route | None, request: Request) -> bool:
+        """Raise 401 unless the request may use the route; True when it is authenticated (or
+        no auth is configured)."""
+        credentials = self.settings.basic_auth
+        secret = self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else ""
+        auth = request.authorization
+        if credentials is not None and auth is not None and auth.type == "basic":
+            user_ok = hmac.compare_digest((auth.username or "").encode(), credentials[0].encode())
+            pass_ok = hmac.compare_digest((auth.password or "").encode(), credentials[1].encode())
+            if user_ok and pass_ok:
+                return True
+        if route is not None and route.name == "webhook" and secret:
+            # Label Studio's project webhooks cannot send the connection's basic auth, but can
+            # send custom headers: a shared secret in one of them is the webhook's credential.
+            given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
+            if given and hmac.compare_digest(given.encode(), secret.encode()):
+                return True
+            if credentials is None:
+                raise HTTPError(401, "unauthorized", f"the webhook needs the {WEBHOOK_SECRET_HEADER} header")
+        if credentials is None:
+            return True
+        if route is not None and route.public:
+            return False
+        raise HTTPError(
+            401, "unauthorized", "basic auth credentials missing or wrong", {"WWW-Authenticate": _WWW_AUTHENTICATE}
+        )
+
+    def _read_json(self, request: Request) -> tuple[Any, bytes]:
+        """The parsed JSON body and its bytes."""
+        mimetype = request.mimetype
+        if mimetype != "application/json" and not mimetype.endswith("+json"):
+            raise HTTPError(415, "unsupported media type", f"the body must be application/json, not {mimetype or 'missing'!r}")
+        limit = self.settings.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        if request.content_length is None or request.content_length <= limit:
+            while chunk := request.stream.read(min(1 << 20, limit + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    break
+        if size > limit or (request.content_length or 0) > limit:
+            # Read and drop the rest (up to a bound) before answering: a client that sends its
+            # whole body before reading, as Label Studio's does, would otherwise see the
+            # connection reset instead of the 413.
+            _discard(request.stream, _DRAIN_BYTES)
+            raise HTTPError(
+                413, "body too large", f"the body is larger than {limit} bytes (MAX_BODY_BYTES)", {"Connection": "close"}
+            )
+        data = b"".join(chunks)
+        try:
+            if size <= _LARGE_BODY:
+                return json.loads(data), data
+            if not self._large_bodies.acquire(timeout=30):
+                raise HTTPError(503, "busy", "too many large bodies are being read", {"Retry-After": "2"})
+            try:
+                return json.loads(data), data
+            finally:
+                self._large_bodies.release()
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+            raise HTTPError(400, "malformed JSON", str(exc)[:300]) from None

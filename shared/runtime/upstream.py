@@ -1,0 +1,78 @@
+"""How the front door reaches the GPU function: one small interface, two kinds of call.
+
+``Upstream.call`` sends one request and returns the answer, or raises ``Unreachable`` when no
+answer came (refused, reset, timed out). ``HttpUpstream`` calls a URL over HTTP with a bearer
+token from a callable (a Cloud Run ID token for a private service; none locally); an in-process
+call (Modal's ``.remote()``) implements the same method. Retrying a cold upstream is the front
+door's business, not the transport's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import urllib3
+from urllib3.exceptions import ConnectTimeoutError
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+__all__ = ["Answer", "HttpUpstream", "TokenProvider", "Unreachable", "Upstream"]
+
+# A bearer token for the upstream (called before each request; it caches and refreshes itself),
+# or None to send no Authorization.
+TokenProvider = Callable[[], str | None]
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Unreachable(Exception):
+    """No answer from the upstream. ``timed_out``: it may still be working on the request
+    (retrying would run it twice); otherwise the connection failed (refused, reset, a pooled
+    connection the other side had closed) and a retry is safe: predictions have no side effects."""
+
+    def __init__(self, message: str, timed_out: bool) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+class Upstream(Protocol):
+    def call(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str], timeout: float) -> Answer:
+        """Send one request to the GPU function; ``timeout`` bounds the whole call."""
+        ...
+
+
+class HttpUpstream:
+    """The GPU function at ``url`` (a path prefix is kept, as Label Studio keeps one)."""
+
+    def __init__(self, url: str, token: TokenProvider | None = None, connections: int = 16) -> None:
+        self.url = url.rstrip("/")
+        self._token = token
+        # Our own pool: the upstream is configured, never taken from a request, so the task-URL
+        # SSRF guard (shared.images) does not apply to it.
+        self._http = urllib3.PoolManager(maxsize=connections, block=False, retries=False)
+
+    def call(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str], timeout: float) -> Answer:
+        sent = dict(headers)
+        token = self._token() if self._token is not None else None
+        if token:
+            sent["Authorization"] = f"Bearer {token}"
+        timeout = max(timeout, 0.05)
+        try:
+            response = self._http.request(
+                method, self.url + path, body=body, headers=sent,
+                timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout), preload_content=True,
+            )  # fmt: skip
+        except ConnectTimeoutError as exc:  # NewConnectionError too: refused, unresolvable
+            raise Unreachable(f"connection failed: {exc}", timed_out=False) from None
+        except Urllib3Timeout:
+            raise Unreachable(f"no answer within {timeout:g} s", timed_out=True) from None
+        except Urllib3Error as exc:  # ProtocolError: reset, or a stale pooled connection
+            raise Unreachable(f"connection failed: {type(exc).__name__}: {exc}", timed_out=False) from None
+        return Answer(response.status, response.data, response.headers)  # case-insensitive

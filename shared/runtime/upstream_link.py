@@ -1,0 +1,254 @@
+"""The front door's view of its GPU function: calls retried through a cold start, the last known
+state, the versions it answered, and the metrics of all that.
+
+A scaled-to-zero upstream first refuses connections or answers 503 "loading" (its model is
+still being set up), and a busy one answers 429/503 with ``Retry-After``: those are retried
+until the caller's time runs out. Any other answer is the upstream's answer and is returned as
+it is. The state is only what the front door has seen: it never asks the upstream just to find
+out (that would wake it), and after UPSTREAM_IDLE_TIMEOUT without an answer it assumes the
+upstream scaled to zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from enum import Enum
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Enum as EnumMetric
+
+from shared.runtime.logs import logger
+from shared.runtime.metrics import LATENCY_BUCKETS
+from shared.runtime.upstream import Answer, Unreachable, Upstream
+from shared.settings import Settings
+
+__all__ = ["Status", "UpstreamLink", "config_key"]
+
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 2.0
+_RETRY_AFTER_MAX = 10.0  # a longer Retry-After is waited in steps, so the budget is rechecked
+_KNOWN_CONFIGS = 256  # label configs whose upstream version is remembered
+
+
+class Status(str, Enum):
+    COLD = "cold"
+    WARMING = "warming"
+    READY = "ready"
+    FAILED = "failed"
+
+
+def config_key(label_config: str | None) -> str:
+    return hashlib.sha256((label_config or "").encode()).hexdigest()
+
+
+def _json_status(answer: Answer) -> tuple[str, str]:
+    """(status, detail) of a runtime's JSON error body, or empty strings."""
+    try:
+        body = json.loads(answer.body)
+    except ValueError:
+        return "", ""
+    if not isinstance(body, dict):
+        return "", ""
+    return str(body.get("status") or ""), str(body.get("detail") or body.get("error") or "")[:500]
+
+
+def _retry_after(answer: Answer) -> float | None:
+    """Seconds to wait before trying again, or None when the answer is final."""
+    header = answer.headers.get("Retry-After")
+    if answer.status in (429, 503) and header:
+        try:
+            return min(max(float(header), 0.1), _RETRY_AFTER_MAX)
+        except ValueError:
+            return 1.0
+    if answer.status == 503 and _json_status(answer)[0] == "LOADING":
+        return 1.0
+    return None
+
+
+class UpstreamLink:
+    def __init__(self, upstream: Upstream, settings: Settings, registry: CollectorRegistry) -> None:
+        self.upstream = upstream
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._status = Status.COLD
+        self._reason: str | None = None
+        self._last_answer: float | None = None
+        self._versions: OrderedDict[str, str] = OrderedDict()  # config key -> upstream's version
+        self._listed: list[str] | None = None  # the upstream's last /versions list
+        self._waking = False
+        r = registry
+        self.latency = Histogram(
+            "lsfn_upstream_duration_seconds", "Calls to the upstream by route, retries and cold-start waits included",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.attempts = Counter(
+            "lsfn_upstream_attempts", "Attempts to reach the upstream by route and outcome "
+            "(answered, loading, throttled, refused, timeout)", ["route", "outcome"], registry=r,
+        )  # fmt: skip
+        self.retries = Counter("lsfn_upstream_retries", "Attempts repeated after a cold or busy answer", ["route"], registry=r)
+        self.cold_waits = Histogram(
+            "lsfn_upstream_cold_start_wait_seconds", "Calls that waited for a cold upstream, and how long",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.wakeups = Counter("lsfn_upstream_wakeups", "Wake-ups started by /setup, by outcome", ["outcome"], registry=r)
+        self.state_metric = EnumMetric(
+            "lsfn_upstream_state", "The upstream's last known state", states=[s.value for s in Status], registry=r
+        )
+        self.state_metric.state(Status.COLD.value)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def status(self) -> tuple[Status, str | None, float | None]:
+        """(state, failure reason, seconds since the upstream last answered)."""
+        with self._lock:
+            status, reason, last = self._status, self._reason, self._last_answer
+        age = None if last is None else time.monotonic() - last
+        if status is Status.READY and age is not None and age > self.settings.upstream_idle_timeout:
+            status = Status.COLD
+        return status, reason, age
+
+    def _set(self, status: Status, reason: str | None = None) -> None:
+        with self._lock:
+            if status is Status.WARMING and self._status is Status.READY and self._fresh():
+                return  # a busy answer from a warm upstream
+            self._status, self._reason = status, reason
+            if status in (Status.READY, Status.FAILED):
+                self._last_answer = time.monotonic()
+        self.state_metric.state(status.value)
+
+    def _fresh(self) -> bool:
+        last = self._last_answer
+        return last is not None and time.monotonic() - last <= self.settings.upstream_idle_timeout
+
+    def version_for(self, label_config: str | None) -> str | None:
+        """The version the upstream answered /setup with for this label config, if known."""
+        with self._lock:
+            return self._versions.get(config_key(label_config))
+
+    def listed_versions(self) -> list[str] | None:
+        return self._listed
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def call(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str], until: float, route: str
+    ) -> Answer:
+        """The upstream's answer, retrying a cold or busy upstream until ``until``
+        (time.monotonic()); raises Unreachable when no final answer came by then."""
+        started = time.monotonic()
+        backoff = _BACKOFF_FIRST
+        waited_cold = False
+        last_problem = "no time left"
+        try:
+            while True:
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    self._give_up(last_problem)
+                    raise Unreachable(last_problem, timed_out=True)
+                try:
+                    answer = self.upstream.call(method, path, body, headers, remaining)
+                except Unreachable as exc:
+                    self.attempts.labels(route, "timeout" if exc.timed_out else "refused").inc()
+                    if exc.timed_out:
+                        raise
+                    last_problem, waited_cold = str(exc), True
+                    self._set(Status.WARMING)
+                    pause, backoff = backoff, min(backoff * 2, _BACKOFF_MAX)
+                else:
+                    pause = _retry_after(answer)
+                    if pause is None:
+                        self.attempts.labels(route, "answered").inc()
+                        self._answered(answer)
+                        if waited_cold:
+                            self.cold_waits.observe(time.monotonic() - started)
+                        return answer
+                    loading = answer.status == 503 and _json_status(answer)[0] == "LOADING"
+                    self.attempts.labels(route, "loading" if loading else "throttled").inc()
+                    last_problem = f"upstream answered {answer.status}" + (" (model loading)" if loading else "")
+                    if loading:
+                        waited_cold = True
+                        self._set(Status.WARMING)
+                self.retries.labels(route).inc()
+                time.sleep(max(0.0, min(pause, until - time.monotonic())))
+        finally:
+            self.latency.labels(route).observe(time.monotonic() - started)
+
+    def _answered(self, answer: Answer) -> None:
+        status, detail = _json_status(answer) if answer.status >= 500 else ("", "")
+        if status == "FAILED":
+            self._set(Status.FAILED, f"the model failed to load: {detail}")
+        else:
+            self._set(Status.READY)
+
+    def _give_up(self, problem: str) -> None:
+        with self._lock:
+            warming = self._status is Status.WARMING
+        if warming:  # it never came up within the time given
+            self._set(Status.FAILED, f"no answer from the upstream in time: {problem}")
+
+    # -- waking ------------------------------------------------------------------------------
+
+    def wake(self, setup_body: bytes | None, headers: Mapping[str, str]) -> bool:
+        """Start the upstream in the background (Label Studio sends a batch right after
+        /setup): /health until it is up, then /setup with this body to learn the version it
+        gives this label config. At most one wake-up runs; False when one already does."""
+        with self._lock:
+            if self._waking:
+                return False
+            self._waking = True
+        threading.Thread(target=self._wake, args=(setup_body, dict(headers)), name="lsfn-wake", daemon=True).start()
+        return True
+
+    def _wake(self, setup_body: bytes | None, headers: dict[str, str]) -> None:
+        try:
+            until = time.monotonic() + self.settings.upstream_timeout
+            health = self.call("GET", "/health", None, headers, until, "health")
+            if health.status != 200:
+                self.wakeups.labels("failed").inc()
+                return
+            self.wakeups.labels("ready").inc()
+            if setup_body is not None:
+                answer = self.call("POST", "/setup", setup_body, {**headers, "Content-Type": "application/json"}, until, "setup")
+                self._learn_version(setup_body, answer)
+        except Unreachable as exc:
+            self.wakeups.labels("unreachable").inc()
+            logger.warning("upstream did not wake", extra={"detail": str(exc)})
+        except Exception:  # noqa: BLE001 - a wake-up is best effort; the next /predict retries anyway
+            self.wakeups.labels("error").inc()
+            logger.exception("waking the upstream failed")
+        finally:
+            with self._lock:
+                self._waking = False
+
+    def _learn_version(self, setup_body: bytes, answer: Answer) -> None:
+        if answer.status != 200:
+            return
+        try:
+            version = json.loads(answer.body).get("model_version")
+            label_config = json.loads(setup_body).get("schema")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(version, str):
+            with self._lock:
+                self._versions[config_key(label_config)] = version
+                while len(self._versions) > _KNOWN_CONFIGS:
+                    self._versions.popitem(last=False)
+
+    def refresh_versions(self, headers: Mapping[str, str]) -> list[str] | None:
+        """The upstream's /versions when it is warm (answered within a second or two), else
+        None; a warm answer is remembered."""
+        if self.status()[0] is not Status.READY:
+            return None
+        try:
+            answer = self.call("GET", "/versions", None, headers, time.monotonic() + 2.0, "versions")
+            listed = json.loads(answer.body).get("versions") if answer.status == 200 else None
+        except (Unreachable, ValueError, AttributeError):
+            return None
+        if isinstance(listed, list) and all(isinstance(v, str) for v in listed):
+            self._listed = listed
+            return listed
+        return None
