@@ -2,6 +2,9 @@
 
     "$(scripts/venv)/bin/python" bench/front_door.py [--requests N] [--start-delay S]
 
+0. Start-up. `lsfn serve yolo --upstream ...` (the front door: no model) and `lsfn serve yolo`
+   (the function: torch, ultralytics, the shipped detector) are started; prints the time until
+   each answers /health with 200, and the ratio.
 1. Warm overhead. The null model (bench/null_function.py: no fetching, no inference) is served
    by `lsfn serve`, and its front door (`lsfn serve ... --upstream`) forwards to it. One client
    sends the same /predict bodies Label Studio 1.23 sent (1 and 3 tasks) to the function
@@ -53,6 +56,23 @@ def serve_front_door(upstream: str, log: Path) -> tuple[object, int]:
         stop_group(process)
         raise SystemExit(f"the front door {why}:\n{log.read_text()[-3000:]}")
     return process, port
+
+
+def startup(workdir: Path) -> None:
+    timings = {}
+    for role, extra in (("front door", ["--upstream", "http://127.0.0.1:9"]), ("function", [])):
+        port = free_port()
+        argv = [sys.executable, "-m", "shared.cli", "serve", "yolo", "--port", str(port), *extra]
+        started = time.perf_counter()
+        process = start_group(argv, ROOT, quiet_env(), workdir / f"startup-{role.replace(' ', '-')}.log")
+        why = wait_healthy(process, port, 300)
+        timings[role] = time.perf_counter() - started
+        stop_group(process)
+        if why is not None:
+            raise SystemExit(f"the yolo {role} {why}")
+    door, function = timings["front door"], timings["function"]
+    print(f"start-up to /health 200, yolo: front door {door:.2f} s, function {function:.2f} s "
+          f"(the front door is {function / door:.1f}x sooner)\n")  # fmt: skip
 
 
 def timed_post(conn: http.client.HTTPConnection, body: bytes) -> float:
@@ -144,6 +164,7 @@ def main() -> None:
     parser.add_argument("--skip-cold", action="store_true", help="only the warm overhead (no Label Studio)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        startup(Path(tmp))
         warm_overhead(args.requests, Path(tmp))
         if not args.skip_cold:
             cold_start(args.start_delay, Path(tmp), args.rounds)

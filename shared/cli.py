@@ -97,9 +97,10 @@ def serve(function: str, host: str, port: int, upstream: str | None = None) -> N
         if service is None or app is None:
             raise SystemExit(f"lsfn: {source} defines no {TARGET!r} made by shared.runtime.http_target")
         settings = service.settings
-        # Predictions are bounded by MAX_CONCURRENT_PREDICTIONS and ADMIT_QUEUE; the other
-        # threads keep /health, /setup and /metrics answering while they run.
-        threads = settings.max_concurrent_predictions + settings.admit_queue + 8
+        # Predictions are bounded by MAX_CONCURRENT_PREDICTIONS and two ADMIT_QUEUEs (batches
+        # wait for a batch slot, then for a slot); the other threads keep /health, /setup and
+        # /metrics answering while they run.
+        threads = settings.max_concurrent_predictions + 2 * settings.admit_queue + 8
         what = str(source)
     options = {
         # Start loading the model (or warming the front door) in the worker as soon as it

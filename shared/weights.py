@@ -40,17 +40,26 @@ def file_sha256(path: Path) -> str:
 
 
 _hashes: dict[tuple[Path, int, int], str] = {}
+_hashing: dict[tuple[Path, int, int], threading.Lock] = {}
 _hash_lock = threading.Lock()
 
 
 def content_hash(path: Path, length: int = 8) -> str:
-    """A short sha256 of the file, computed once per (path, size, mtime)."""
+    """A short sha256 of the file, computed once per (path, size, mtime); concurrent callers
+    wait for the one computing it (a checkpoint of a GB takes seconds)."""
     stat = path.stat()
     key = (path, stat.st_size, stat.st_mtime_ns)
     with _hash_lock:
         known = _hashes.get(key)
-    if known is None:
-        known = file_sha256(path)
-        with _hash_lock:
-            _hashes[key] = known
+        computing = _hashing.setdefault(key, threading.Lock()) if known is None else None
+    if computing is not None:
+        with computing:
+            with _hash_lock:
+                known = _hashes.get(key)
+            if known is None:
+                known = file_sha256(path)
+                with _hash_lock:
+                    _hashes[key] = known
+                    _hashing.pop(key, None)
+    assert known is not None
     return known[:length]

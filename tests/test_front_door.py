@@ -17,13 +17,16 @@ from typing import Any
 
 import pytest
 from werkzeug.serving import make_server
+from werkzeug.test import Client
 
 from shared.runtime.front_door import create_front_door
+from shared.runtime.upstream import Answer as UpstreamAnswer
+from shared.runtime.upstream import HttpUpstream
 from shared.settings import Settings
 from tests.functions.bright.main import BrightModel
 from tests.servers import Answer, Hit, RecordingServer, free_port
 from tests.serving import Function, call
-from tests.test_runtime_http import PASSWORD, USER, basic, captured
+from tests.test_runtime_http import PASSWORD, USER, basic, captured, png
 
 ROOT = Path(__file__).parent.parent
 RECT = captured("req-0013-POST-predict.json")["label_config"]
@@ -97,6 +100,27 @@ def test_health_answers_at_once_with_the_upstream_state(upstream: RecordingServe
         assert body["status"] == "UP" and body["upstream"] == {"state": "cold"}
         assert call("GET", url + "/").status == 200
     assert upstream.hits == []  # asking about the upstream never wakes it
+
+
+def test_health_stays_fast_while_the_upstream_is_cold(upstream: RecordingServer) -> None:
+    """A wake-up waiting on an upstream that takes seconds to start (held connections, then
+    503 "loading") never slows the front door's own /health."""
+    started = time.monotonic()
+
+    def cold_health(hit: Hit) -> Answer:
+        time.sleep(0.5)  # the platform holds the request while the instance starts
+        if time.monotonic() - started < 3:
+            return Answer(503, b'{"status":"LOADING"}', {"Retry-After": "0.5", "Content-Type": "application/json"})
+        return health_up(hit)
+
+    upstream.routes["/health"] = cold_health
+    with front_door(upstream.url) as (url, _):
+        assert call("POST", url + "/setup", SETUP).status == 200
+        wait_for(lambda: call("GET", url + "/health").json()["upstream"]["state"] == "warming")
+        latencies = [timed_health(url) for _ in range(10)]
+        assert call("GET", url + "/health").json()["upstream"]["state"] == "warming"
+        assert statistics.median(latencies) < 0.1, latencies
+        wait_for(lambda: call("GET", url + "/health").json()["upstream"]["state"] == "ready")
 
 
 def test_setup_checks_the_config_answers_the_version_and_wakes_the_upstream(upstream: RecordingServer) -> None:
@@ -365,3 +389,73 @@ def test_the_front_door_process_imports_no_model_library(function: str, tmp_path
         door.close()
     assert "serving the front door" in door.log_path.read_text()
     assert not log.exists(), log.read_text()
+
+
+# -- the upstream interface -----------------------------------------------------------------------
+
+
+def test_every_attempt_tells_the_upstream_the_time_left(upstream: RecordingServer) -> None:
+    busy = {"error": "overloaded", "detail": "all slots are taken"}
+    answers = iter([Answer(503, json.dumps(busy).encode(), {"Retry-After": "0.5"})] * 2)
+    upstream.routes["/predict"] = lambda hit: next(answers, None) or echo(hit)
+    with front_door(upstream.url, PREDICT_DEADLINE="20") as (url, _):
+        assert call("POST", url + "/predict", predict_body(1)).status == 200
+    left = [float(h.headers["x-predict-deadline"]) for h in upstream.hits]
+    assert len(left) == 3 and left[0] - left[2] >= 0.9  # retried 0.5 s apart, each told what was left then
+
+
+def test_an_upstream_that_failed_to_load_is_reported_failed(upstream: RecordingServer) -> None:
+    failed = {"error": "model failed to load", "detail": "see /health and the function's log"}
+    upstream.routes["/predict"] = Answer(503, json.dumps(failed).encode(), {"Content-Type": "application/json"})
+    with front_door(upstream.url) as (url, _):
+        assert call("POST", url + "/predict", predict_body(1)).status == 503
+        assert call("GET", url + "/health").json()["upstream"]["state"] == "failed"
+
+
+def test_the_bearer_token_comes_from_the_provider(upstream: RecordingServer) -> None:
+    tokens = iter(["first", "second"])
+    settings = Settings.model_validate({"UPSTREAM_URL": upstream.url})
+    app = create_front_door(BrightModel, HttpUpstream(upstream.url, token=lambda: next(tokens)), settings)
+    client = Client(app)
+    for _ in range(2):
+        assert client.post("/predict", json=predict_body(1), headers={"Authorization": "Basic dTpw"}).status_code == 200
+    assert [h.headers["authorization"] for h in upstream.hits] == ["Bearer first", "Bearer second"]
+
+
+class InProcess:
+    """An upstream called in the same process, as Modal's ``.remote()`` is: here the bright
+    function's own runtime, through its WSGI app. ``explode_on`` makes one task's call raise."""
+
+    def __init__(self, app: Any, explode_on: int | None = None) -> None:
+        self.client = Client(app)
+        self.explode_on = explode_on
+
+    def call(self, method: str, path: str, body: bytes | None, headers: Any, timeout: float) -> Answer:
+        if body and self.explode_on in [t["id"] for t in json.loads(body).get("tasks", [])]:
+            raise RuntimeError("the in-process call failed")
+        response = self.client.open(path, method=method, data=body, headers=dict(headers))
+        return UpstreamAnswer(response.status_code, response.get_data(), response.headers)
+
+
+def test_an_in_process_upstream_serves_the_same_answers_and_a_failing_chunk_fails_alone(
+    tmp_path: Path, label_studio: RecordingServer
+) -> None:
+    from shared.runtime import create_app
+
+    label_studio.routes["/data/upload/2/img.png"] = Answer(200, png(64, 48, [(10, 10, 20, 20)]), {"Content-Type": "image/png"})
+    function_settings = Settings.model_validate({"MODEL_ROOT": str(tmp_path), "LABEL_STUDIO_URL": label_studio.url})
+    function = create_app(BrightModel, function_settings)
+    body = predict_body(5)
+    for task in body["tasks"]:
+        task["data"]["image"] = "/data/upload/2/img.png"
+    settings = Settings.model_validate({"UPSTREAM_URL": "in-process", "UPSTREAM_CHUNK_TASKS": "2"})
+    door = Client(create_front_door(BrightModel, InProcess(function, explode_on=102), settings))
+    results = door.post("/predict", json=body).get_json()["results"]
+    direct = Client(function).post("/predict", json=body).get_json()["results"]
+
+    def regions(items: list[dict[str, Any]]) -> list[Any]:  # region ids are random
+        return [[{k: v for k, v in region.items() if k != "id"} for region in item["result"]] for item in items]
+
+    assert regions(results[:2] + results[4:]) == regions(direct[:2] + direct[4:])
+    assert all(item["result"] for item in direct)
+    assert all("result" not in r and "front door failed on this chunk" in r["error"] for r in results[2:4])

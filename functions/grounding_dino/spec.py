@@ -16,7 +16,7 @@ from shared.protocol import Context
 from shared.runtime.model import Spec
 from shared.weights import WeightsError, content_hash
 
-__all__ = ["DEFAULT_MODEL", "DinoSettings", "GroundingDinoSpec", "dino_version", "model_folder", "output_box_control", "spec"]
+__all__ = ["DEFAULT_MODEL", "DinoSettings", "GroundingDinoSpec", "dino_version", "dino_weights", "model_folder", "output_box_control", "spec"]
 
 # Where `lsfn weights grounding_dino` puts IDEA-Research/grounding-dino-tiny.
 DEFAULT_MODEL = "grounding-dino-tiny"
@@ -53,11 +53,16 @@ def output_box_control(config: LabelConfig, context: Context | None) -> Control:
     return next((c for c in controls if c.object.name in typed_on), controls[0])
 
 
+def dino_weights(weights_dir: Path, options: DinoSettings) -> list[Path]:
+    """The weights file in the model folder the settings name (none for a folder without one)."""
+    weights = model_folder(weights_dir, options.model) / "model.safetensors"
+    return [weights] if weights.is_file() else []
+
+
 def dino_version(weights_dir: Path, options: DinoSettings) -> str:
     """The version predictions carry: the model folder's name and its weights' content hash."""
     folder = model_folder(weights_dir, options.model)
-    weights = folder / "model.safetensors"
-    return f"grounding-dino-{folder.name}" + (f"@{content_hash(weights)}" if weights.is_file() else "")
+    return f"grounding-dino-{folder.name}" + "".join(f"@{content_hash(w)}" for w in dino_weights(weights_dir, options))
 
 
 class GroundingDinoSpec(Spec):
@@ -73,8 +78,8 @@ class GroundingDinoSpec(Spec):
     def version_for(self, config: LabelConfig | None) -> str:
         return dino_version(self.settings.model_root, self.dino_options)
 
-    def versions(self) -> list[str]:
-        return [self.version_for(None)]
+    def weight_files(self, config: LabelConfig | None) -> list[Path]:
+        return dino_weights(self.settings.model_root, self.dino_options)
 
 
 spec = GroundingDinoSpec

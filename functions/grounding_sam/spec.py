@@ -4,10 +4,11 @@ transformers or sam2 here: the front door serves these (shared/runtime/front_doo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from functions.grounding_dino.spec import DinoSettings, dino_version
-from functions.sam2.spec import Sam2Settings, sam2_version
+from functions.grounding_dino.spec import DinoSettings, dino_version, dino_weights
+from functions.sam2.spec import Sam2Settings, sam2_checkpoint, sam2_version
 from shared.label_config import LabelConfig
 from shared.prompts import mask_control
 from shared.runtime.model import Spec
@@ -30,8 +31,9 @@ class GroundingSamSpec(Spec):
         root = self.settings.model_root
         return f"{dino_version(root, self.dino_options)}+{sam2_version(root, self.sam_options)}"
 
-    def versions(self) -> list[str]:
-        return [self.version_for(None)]
+    def weight_files(self, config: LabelConfig | None) -> list[Path]:
+        root = self.settings.model_root
+        return [*dino_weights(root, self.dino_options), sam2_checkpoint(root, self.sam_options)]
 
 
 spec = GroundingSamSpec

@@ -15,7 +15,7 @@ from shared.prompts import mask_control
 from shared.runtime.model import Spec
 from shared.weights import WeightsError, content_hash, resolve_weights
 
-__all__ = ["SIZES", "Sam2Settings", "Sam2Spec", "checkpoint_path", "sam2_version", "spec"]
+__all__ = ["SIZES", "Sam2Settings", "Sam2Spec", "checkpoint_path", "sam2_checkpoint", "sam2_version", "spec"]
 
 MiB = 1 << 20
 
@@ -68,9 +68,14 @@ def checkpoint_path(weights_dir: Path, name: str) -> Path:
         raise WeightsError(f"MODEL_CHECKPOINT: {exc} (put the checkpoint there or set MODEL_ROOT)") from None
 
 
+def sam2_checkpoint(weights_dir: Path, options: Sam2Settings) -> Path:
+    """The checkpoint file the settings name."""
+    return checkpoint_path(weights_dir, options.model_files()[1])
+
+
 def sam2_version(weights_dir: Path, options: Sam2Settings) -> str:
     """The version predictions carry: the checkpoint's name and content hash."""
-    checkpoint = checkpoint_path(weights_dir, options.model_files()[1])
+    checkpoint = sam2_checkpoint(weights_dir, options)
     return f"sam2-{checkpoint.stem}@{content_hash(checkpoint)}"
 
 
@@ -87,8 +92,8 @@ class Sam2Spec(Spec):
     def version_for(self, config: LabelConfig | None) -> str:
         return sam2_version(self.settings.model_root, self.options)
 
-    def versions(self) -> list[str]:
-        return [self.version_for(None)]
+    def weight_files(self, config: LabelConfig | None) -> list[Path]:
+        return [sam2_checkpoint(self.settings.model_root, self.options)]
 
 
 spec = Sam2Spec

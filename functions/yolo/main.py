@@ -59,8 +59,7 @@ class YoloModel(YoloSpec, Model):
         self.device = device
         # Load the weights shipped in the image now, so the first request does not wait for them.
         # One unloadable file must not take the function down: a request naming it gets a 422.
-        root = self.weights_dir
-        for path in sorted(root.glob("*.pt"))[: self.options.max_loaded_models] if root.is_dir() else []:
+        for path in self.weight_files(None):
             try:
                 self._model(path)
             except WeightsError as exc:

@@ -51,17 +51,18 @@ class YoloSpec(Spec):
         return plan_controls(config, self.settings.model_score_threshold, self.options.allow_custom_model_path)
 
     def check_label_config(self, config: LabelConfig) -> None:
-        for plan in self._plans(config):
-            resolve_weights(self.weights_dir, plan.weights)
+        self.weight_files(config)
+
+    def weight_files(self, config: LabelConfig | None) -> list[Path]:
+        if config is None:  # the files loaded at start-up
+            root = self.weights_dir
+            return sorted(root.glob("*.pt"))[: self.options.max_loaded_models] if root.is_dir() else []
+        return list(dict.fromkeys(resolve_weights(self.weights_dir, plan.weights) for plan in self._plans(config)))
 
     def version_for(self, config: LabelConfig | None) -> str:
         if config is None:
             return self.model_version
-        names = []
-        for plan in self._plans(config):
-            path = resolve_weights(self.weights_dir, plan.weights)
-            names.append(f"{path.stem}@{content_hash(path)}")
-        return "yolo-" + "+".join(dict.fromkeys(names))
+        return "yolo-" + "+".join(f"{path.stem}@{content_hash(path)}" for path in self.weight_files(config))
 
 
 spec = YoloSpec

@@ -9,15 +9,13 @@ same ``Runtime.handle``.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import flask
 from werkzeug.wrappers import Request, Response
 
-from shared.label_config import parse_label_config
-from shared.protocol import parse_predict, parse_setup, parse_webhook
+from shared.protocol import WebhookEvent
 from shared.runtime.admission import Gate
 from shared.runtime.errors import HTTPError
 from shared.runtime.lifecycle import Loader, State
@@ -25,7 +23,7 @@ from shared.runtime.logs import configure_logging
 from shared.runtime.metrics import Metrics
 from shared.runtime.model import Model
 from shared.runtime.predict import Predictor
-from shared.runtime.service import ACTIONS, Call, Service, json_response
+from shared.runtime.service import Call, Service, json_response, wsgi_app
 from shared.runtime.training import FitQueue
 from shared.settings import Settings, get_settings
 
@@ -38,8 +36,8 @@ class Runtime(Service):
     def __init__(self, model_class: type[Model], settings: Settings | None = None) -> None:
         settings = settings or get_settings()
         configure_logging(settings.log_level)
-        super().__init__(settings, Metrics())
-        self.model = model_class(self.settings)
+        self.model = model_class(settings)
+        super().__init__(settings, Metrics(), self.model)
         self.loader = Loader(self._load, on_change=lambda state: self.metrics.ready.set(state is State.READY))
         self.predictor = Predictor(self.model, self.settings, self.metrics)
         self.fit_queue = FitQueue(self.model, self.loader, self.metrics)
@@ -77,24 +75,13 @@ class Runtime(Service):
             {"Retry-After": "2"},
         )
 
-    def setup(self, call: Call) -> Response:
-        request = parse_setup(call.body)
-        config = parse_label_config(request.label_config) if request.label_config else None
-        if config is not None:
-            self.model.check_label_config(config)
-        return json_response(200, {"model_version": self.model.version_for(config)})
-
     def versions(self, call: Call) -> Response:
         return json_response(200, {"versions": self.model.versions(), "model_version": self.model.model_version})
 
     def predict(self, call: Call) -> Response:
-        request = parse_predict(call.body)
-        if not request.label_config:
-            raise HTTPError(422, "invalid request", "label_config: the project's label config is missing")
-        config = parse_label_config(request.label_config)
-        self.model.check_label_config(config)
+        request, config = self.predict_request(call)
         deadline = self.deadline(call)
-        admit_until = min(deadline, call.started + self.settings.admit_timeout)
+        admit_until = self.admit_until(call, deadline)
         gates = [self._gate] if request.is_interactive else [self._batch_gate, self._gate]
         entered: list[Gate] = []
         try:
@@ -122,28 +109,8 @@ class Runtime(Service):
         if state is not State.READY:
             raise HTTPError(503, "model is loading", f"not ready after {timeout:g} s", {"Retry-After": "5"})
 
-    def webhook(self, call: Call) -> Response:
-        event = parse_webhook(call.body)
-        action = event.action if event.action in ACTIONS else "other"
-        if not self.model.trains:
-            self.metrics.webhooks.labels(action, "ignored").inc()
-            return json_response(200, {"status": "ignored", "detail": f"{self.model.model_class} does not train"})
-        job = uuid.uuid4().hex
-        if not self.fit_queue.submit(event, job, call.body_bytes):
-            self.metrics.webhooks.labels(action, "refused").inc()
-            raise HTTPError(503, "training queue full", "events arrive faster than fit() handles them", {"Retry-After": "5"})
-        self.metrics.webhooks.labels(action, "queued").inc()
-        return json_response(200, {"status": "queued", "job": job})
-
-
-def wsgi_app(service: Service) -> Callable[[dict[str, Any], Any], Any]:
-    """A WSGI callable sending every path to ``service.handle``: Flask's own routing and
-    contexts would only add time to each request (a third of a /health answer)."""
-
-    def app(environ: dict[str, Any], start_response: Any) -> Any:
-        return service.handle(Request(environ))(environ, start_response)
-
-    return app
+    def enqueue_webhook(self, call: Call, event: WebhookEvent, job: str) -> bool:
+        return self.fit_queue.submit(event, job, call.body_bytes)
 
 
 def create_app(model_class: type[Model], settings: Settings | None = None) -> flask.Flask:

@@ -17,38 +17,30 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import flask
 from werkzeug.wrappers import Response
 
-from shared.label_config import parse_label_config
-from shared.protocol import TaskFailure, parse_predict, parse_setup, parse_webhook, predict_response
+from shared.label_config import LabelConfig
+from shared.protocol import WebhookEvent
 from shared.runtime.admission import Gate
-from shared.runtime.app import wsgi_app
 from shared.runtime.background import BoundedWorker
 from shared.runtime.errors import HTTPError
 from shared.runtime.logs import configure_logging, logger
 from shared.runtime.metrics import Metrics
 from shared.runtime.model import Spec
-from shared.runtime.predict import deadline_error
-from shared.runtime.service import ACTIONS, DEADLINE_HEADER, Call, Service, json_response
+from shared.runtime.predict import deadline_error, encode_results, error_item
+from shared.runtime.service import Call, Service, json_response, wsgi_app
 from shared.runtime.upstream import Answer, HttpUpstream, Unreachable, Upstream
 from shared.runtime.upstream_link import Status, UpstreamLink
 from shared.settings import Settings, get_settings
+from shared.weights import content_hash
 
 __all__ = ["FrontDoor", "create_front_door"]
 
-# Time kept back from what the front door passes on as the upstream's deadline, for the
-# upstream's answer to travel back before the front door's own deadline.
-_RETURN_MARGIN = 1.0
 _PASSED_HEADERS = ("Content-Type", "Retry-After")
-
-
-def _error_item(message: str) -> str:
-    return json.dumps(predict_response([TaskFailure(message)])["results"][0], separators=(",", ":"))
 
 
 def _answer_problem(answer: Answer) -> str:
@@ -56,7 +48,7 @@ def _answer_problem(answer: Answer) -> str:
     try:
         body = json.loads(answer.body)
         detail = f"{body.get('error')}: {body.get('detail')}" if isinstance(body, dict) else ""
-    except ValueError:
+    except (ValueError, RecursionError):
         detail = ""
     return f"upstream answered {answer.status}" + (f" ({detail[:300]})" if detail else "")
 
@@ -65,13 +57,12 @@ class FrontDoor(Service):
     def __init__(self, spec_class: type[Spec], upstream: Upstream | None = None, settings: Settings | None = None) -> None:
         settings = settings or get_settings()
         configure_logging(settings.log_level)
-        super().__init__(settings, Metrics(model=False))
+        super().__init__(settings, Metrics(model=False), spec_class(settings))
         if upstream is None:
             if not settings.upstream_url:
                 raise ValueError("the front door needs an upstream: set UPSTREAM_URL or pass --upstream")
             connections = settings.upstream_max_requests * settings.upstream_concurrency
             upstream = HttpUpstream(settings.upstream_url, connections=connections)
-        self.spec = spec_class(settings)
         self.link = UpstreamLink(upstream, settings, self.metrics.registry)
         self._gate = Gate(settings.upstream_max_requests, settings.admit_queue, "forwarded predictions (UPSTREAM_MAX_REQUESTS)")
         # Threads are created as chunks need them, none before the server forks its worker.
@@ -79,31 +70,25 @@ class FrontDoor(Service):
             max_workers=settings.upstream_max_requests * settings.upstream_concurrency, thread_name_prefix="lsfn-chunk"
         )
         self._webhooks: BoundedWorker[tuple[bytes, str]] = BoundedWorker(self._relay_webhook, "lsfn-webhooks")
-        self._started = False
+        self._started = threading.Lock()
 
     def start(self) -> None:
-        """Work that makes the first /setup fast: the weights' content hashes behind the model
-        version are read once, in the background."""
-        if self._started:
+        """Read the content hashes of the weights the function names (behind its model version)
+        in the background, once, so the first /setup answers within Label Studio's 3 s."""
+        if not self._started.acquire(blocking=False):
             return
-        self._started = True
 
         def warm() -> None:
             try:
-                self.spec.version_for(None)
-            except Exception as exc:  # noqa: BLE001 - /setup reports it when it matters
-                logger.warning("model version not known yet", extra={"detail": str(exc)[:300]})
+                for path in self.spec.weight_files(None):
+                    content_hash(path)
+            except (OSError, ValueError) as exc:  # WeightsError: /setup will say it
+                logger.warning("weights not readable", extra={"detail": str(exc)[:300]})
 
         threading.Thread(target=warm, name="lsfn-warm", daemon=True).start()
 
     def on_request(self) -> None:
         self.start()
-
-    def _headers(self, call: Call, json_body: bool = False) -> dict[str, str]:
-        headers = {"X-Request-Id": call.request_id}
-        if json_body:
-            headers["Content-Type"] = "application/json"
-        return headers
 
     # -- answered here ---------------------------------------------------------------------------
 
@@ -119,32 +104,24 @@ class FrontDoor(Service):
                 "role": "front door", "upstream": upstream}  # fmt: skip
         return json_response(200, body)
 
-    def setup(self, call: Call) -> Response:
-        request = parse_setup(call.body)
-        config = parse_label_config(request.label_config) if request.label_config else None
-        if config is not None:
-            self.spec.check_label_config(config)
-        version = self.link.version_for(request.label_config) or self.spec.version_for(config)
-        if self.link.wake(call.raw, self._headers(call)):
+    def on_setup(self, call: Call) -> None:
+        # Label Studio sends a batch right after /setup: start the upstream now.
+        if self.link.wake(call.raw, {"X-Request-Id": call.request_id}):
             logger.info("waking the upstream", extra={"request_id": call.request_id})
-        return json_response(200, {"model_version": version})
+
+    def setup_version(self, label_config: str | None, config: LabelConfig | None) -> str:
+        # What the upstream answered for this config is what it stamps on predictions.
+        return self.link.version_for(label_config) or self.spec.version_for(config)
 
     def versions(self, call: Call) -> Response:
-        listed = self.link.refresh_versions(self._headers(call)) or self.link.listed_versions() or self.spec.versions()
+        headers = {"X-Request-Id": call.request_id}
+        listed = self.link.refresh_versions(headers) or self.link.listed_versions() or self.spec.versions()
         return json_response(200, {"versions": listed, "model_version": listed[0] if listed else self.spec.model_version})
 
     # -- forwarded -------------------------------------------------------------------------------
 
-    def webhook(self, call: Call) -> Response:
-        event = parse_webhook(call.body)
-        action = event.action if event.action in ACTIONS else "other"
-        if not self.spec.trains:
-            return json_response(200, {"status": "ignored", "detail": f"{self.spec.model_class} does not train"})
-        job = uuid.uuid4().hex
-        if not self._webhooks.submit((call.raw, job), call.body_bytes):
-            raise HTTPError(503, "webhook queue full", "events arrive faster than the upstream takes them", {"Retry-After": "5"})
-        logger.info("webhook queued for the upstream", extra={"request_id": call.request_id, "job": job, "action": action})
-        return json_response(200, {"status": "queued", "job": job})
+    def enqueue_webhook(self, call: Call, event: WebhookEvent, job: str) -> bool:
+        return self._webhooks.submit((call.raw, job), call.body_bytes)
 
     def _relay_webhook(self, item: tuple[bytes, str]) -> None:
         raw, job = item
@@ -158,12 +135,9 @@ class FrontDoor(Service):
         logger.log(level, "webhook delivered to the upstream", extra={"job": job, "status": answer.status})
 
     def predict(self, call: Call) -> Response:
-        request = parse_predict(call.body)
-        if not request.label_config:
-            raise HTTPError(422, "invalid request", "label_config: the project's label config is missing")
-        self.spec.check_label_config(parse_label_config(request.label_config))
+        request, _ = self.predict_request(call)
         deadline = self.deadline(call)
-        self._gate.enter(min(deadline, call.started + self.settings.admit_timeout))
+        self._gate.enter(self.admit_until(call, deadline))
         try:
             with call.timing.phase("upstream"):
                 tasks: list[Any] = call.body["tasks"]
@@ -176,9 +150,8 @@ class FrontDoor(Service):
             self._gate.leave()
 
     def _send(self, call: Call, body: bytes, deadline: float) -> Answer:
-        left = deadline - time.monotonic() - _RETURN_MARGIN
-        headers = {**self._headers(call, json_body=True), DEADLINE_HEADER: f"{max(left, 0.0):.3f}"}
-        return self.link.call("POST", "/predict", body, headers, deadline, "predict")
+        headers = {"Content-Type": "application/json", "X-Request-Id": call.request_id}
+        return self.link.call("POST", "/predict", body, headers, deadline, "predict", pass_deadline=True)
 
     def _forward_whole(self, call: Call, count: int, interactive: bool, deadline: float) -> Response:
         """One request upstream, its answer returned as the upstream gave it."""
@@ -188,15 +161,16 @@ class FrontDoor(Service):
             late = deadline_error(self.settings.predict_deadline)
             if interactive:
                 raise HTTPError(late.status, late.error, f"{late.detail}: {exc}", late.headers) from None
-            items = [_error_item(f"{late.error}: {late.detail}: {exc}")] * count
-            return Response(('{"results":[' + ",".join(items) + "]}").encode(), status=200, mimetype="application/json")
+            return Response(encode_results([error_item(f"{late.error}: {late.detail}: {exc}")] * count),
+                            status=200, mimetype="application/json")  # fmt: skip
         headers = {k: answer.headers[k] for k in _PASSED_HEADERS if k in answer.headers}
-        return Response(answer.body, status=answer.status, headers=headers)
+        mimetype = None if "Content-Type" in headers else "application/json"
+        return Response(answer.body, status=answer.status, headers=headers, mimetype=mimetype)
 
     def _forward_chunks(self, call: Call, chunks: list[list[Any]], deadline: float) -> Response:
         """Chunks sent concurrently (UPSTREAM_CONCURRENCY at a time, in order), answers
         reassembled in task order; a chunk that fails fails only its own tasks."""
-        answers: list[list[str] | None] = [None] * len(chunks)
+        answers: list[list[str]] = [[] for _ in chunks]
         pending = iter(range(len(chunks)))
         lock = threading.Lock()
 
@@ -210,31 +184,29 @@ class FrontDoor(Service):
 
         workers = [self._chunks.submit(worker) for _ in range(min(self.settings.upstream_concurrency, len(chunks)))]
         for future in workers:
-            future.result()
-        items = [item for answer in answers for item in answer or []]
-        return Response(('{"results":[' + ",".join(items) + "]}").encode(), status=200, mimetype="application/json")
+            future.result()  # _chunk never raises: every chunk has its items when this returns
+        return Response(encode_results([item for answer in answers for item in answer]), status=200, mimetype="application/json")
 
     def _chunk(self, call: Call, tasks: list[Any], deadline: float) -> list[str]:
         """A chunk's encoded result items, or its error items."""
         late = deadline_error(self.settings.predict_deadline)
-        if time.monotonic() >= deadline:
-            return [_error_item(f"{late.error}: {late.detail}")] * len(tasks)
-        body = json.dumps({**call.body, "tasks": tasks}, separators=(",", ":")).encode()
         try:
-            answer = self._send(call, body, deadline)
-        except Unreachable as exc:
-            return [_error_item(f"{late.error}: {late.detail}: {exc}")] * len(tasks)
-        problem = _answer_problem(answer)
-        if answer.status == 200:
-            try:
+            if time.monotonic() >= deadline:
+                return [error_item(f"{late.error}: {late.detail}")] * len(tasks)
+            answer = self._send(call, json.dumps({**call.body, "tasks": tasks}, separators=(",", ":")).encode(), deadline)
+            problem = _answer_problem(answer)
+            if answer.status == 200:
                 results = json.loads(answer.body).get("results")
-            except (ValueError, AttributeError):
-                results = None
-            if isinstance(results, list) and len(results) == len(tasks):
-                return [json.dumps(item, separators=(",", ":")) for item in results]
-            problem = f"upstream answered 200 without one result per task ({len(tasks)})"
+                if isinstance(results, list) and len(results) == len(tasks):
+                    return [json.dumps(item, separators=(",", ":")) for item in results]
+                problem = f"upstream answered 200 without one result per task ({len(tasks)})"
+        except Unreachable as exc:
+            return [error_item(f"{late.error}: {late.detail}: {exc}")] * len(tasks)
+        except Exception:  # noqa: BLE001 - one chunk's failure must not sink the batch
+            logger.exception("chunk failed", extra={"request_id": call.request_id, "tasks": len(tasks)})
+            problem = f"the front door failed on this chunk (request {call.request_id})"
         logger.warning("chunk failed upstream", extra={"request_id": call.request_id, "tasks": len(tasks), "detail": problem})
-        return [_error_item(problem)] * len(tasks)
+        return [error_item(problem)] * len(tasks)
 
 
 def create_front_door(spec_class: type[Spec], upstream: Upstream | None = None, settings: Settings | None = None) -> flask.Flask:

@@ -27,7 +27,7 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, model: bool = True) -> None:
-        """``model=False``: only the HTTP side (requests, latency, errors), for the front door."""
+        """``model=False``: only the HTTP side (requests, latency, errors, webhooks), for the front door."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -37,6 +37,7 @@ class Metrics:
             "lsfn_request_duration_seconds", "Request latency by route", ["route"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.errors = Counter("lsfn_errors", "Error answers by route and error", ["route", "error"], registry=r)
+        self.webhooks = Counter("lsfn_webhook_events", "Webhook events by action and outcome", ["action", "outcome"], registry=r)
         # Children by labels: prometheus_client's labels() locks and validates on every call.
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         if model:
@@ -60,7 +61,6 @@ class Metrics:
         )
         self.in_flight = Gauge("lsfn_predictions_in_flight", "Predictions running now", registry=r)
         self.ready = Gauge("lsfn_model_ready", "1 once the model is loaded and warmed up", registry=r)
-        self.webhooks = Counter("lsfn_webhook_events", "Webhook events by action and outcome", ["action", "outcome"], registry=r)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

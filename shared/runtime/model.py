@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 from shared.image_decode import DecodedImage
@@ -121,8 +122,13 @@ class Spec:
         return self.model_version
 
     def versions(self) -> list[str]:
-        """The model versions /versions lists."""
-        return [self.model_version]
+        """The model versions /versions lists: the version without a label config."""
+        return [self.version_for(None)]
+
+    def weight_files(self, config: LabelConfig | None) -> list[Path]:
+        """The weights files in the weights directory behind the model version of a label
+        config (without one: every file the function would load), for their content hashes."""
+        return []
 
 
 class Model(Spec):

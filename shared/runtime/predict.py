@@ -30,7 +30,7 @@ from shared.runtime.telemetry import Telemetry, Timing
 from shared.settings import Settings
 from shared.weights import WeightsError
 
-__all__ = ["CHUNK_TASKS", "Predictor", "deadline_error"]
+__all__ = ["CHUNK_TASKS", "Predictor", "deadline_error", "encode_results", "error_item"]
 
 # Tasks fetched, decoded and predicted together; a batch larger than this goes in chunks.
 CHUNK_TASKS = 8
@@ -70,6 +70,17 @@ class _Fetched:
     wanted: list[tuple[int, str, str]]  # (task index in the chunk, object name, data value)
     fetched: list[bytes | Exception]
     errors: dict[int, HTTPError]  # tasks whose data has no usable value
+    timing: Timing  # the fetch phase
+
+
+def error_item(message: str) -> str:
+    """A failed task's item, encoded: no ``result``, so Label Studio stores nothing for it."""
+    return _encode(predict_response([TaskFailure(message)])["results"][0])
+
+
+def encode_results(items: Sequence[str]) -> bytes:
+    """The /predict answer from items already encoded, in task order."""
+    return ('{"results":[' + ",".join(items) + "]}").encode()
 
 
 def deadline_error(budget: float) -> HTTPError:
@@ -114,16 +125,19 @@ class Predictor:
         # Label Studio sends every selected task in one request: work through them a few at a
         # time, so the decoded images of a large batch never sit in memory together.
         chunks = [tasks[start : start + CHUNK_TASKS] for start in range(0, len(tasks), CHUNK_TASKS)]
-        # The next chunk's images download while this chunk is predicted.
-        fetching = self._prefetch.submit(self._fetch, chunks[0], request, config, timing)
+        # The next chunk's images download while this chunk is predicted (timed apart: a
+        # download still running at the deadline must not touch this request's timing).
+        fetching = self._prefetch.submit(self._fetch, chunks[0], request, config, Timing())
         for number, chunk in enumerate(chunks):
             if deadline is not None and time.monotonic() >= deadline:
+                fetching.cancel()
                 late = deadline_error(self.settings.predict_deadline)
                 items.extend(late for _ in range(len(tasks) - len(items)))
                 break
             fetched = fetching.result()
+            timing.add(fetched.timing)
             if number + 1 < len(chunks):
-                fetching = self._prefetch.submit(self._fetch, chunks[number + 1], request, config, timing)
+                fetching = self._prefetch.submit(self._fetch, chunks[number + 1], request, config, Timing())
             inputs = self._inputs(chunk, fetched, timing, request_id)
             ready = [item for item in inputs if isinstance(item, TaskInput)]
             predictions: list[Prediction | HTTPError] = []
@@ -151,12 +165,12 @@ class Predictor:
                 if interactive:
                     raise item
                 failed += 1
-                encoded.append(_encode(predict_response([TaskFailure(f"{item.error}: {item.detail}")])["results"][0]))
+                encoded.append(error_item(f"{item.error}: {item.detail}"))
         self.metrics.tasks.labels("failed").inc(failed)
         self.metrics.tasks.labels("predicted").inc(len(items) - failed)
         for name, seconds in timing.phases.items():
             self.metrics.phases.labels(name).observe(seconds)
-        return ('{"results":[' + ",".join(encoded) + "]}").encode()
+        return encode_results(encoded)
 
     def _task_error(self, exc: BaseException, task_id: int | None, request_id: str) -> HTTPError:
         error = client_error(exc)
@@ -188,10 +202,10 @@ class Predictor:
                     break
         wanted = [w for w in wanted if w[0] not in errors]
         if not wanted:  # a model that fetches its own images (fetch_objects empty)
-            return _Fetched(wanted, [], errors)
+            return _Fetched(wanted, [], errors, timing)
         with timing.phase("fetch"):
             fetched = self.fetcher.fetch_many([(v, tasks[i].id, credentials) for i, _, v in wanted])
-        return _Fetched(wanted, fetched, errors)
+        return _Fetched(wanted, fetched, errors, timing)
 
     def _inputs(self, tasks: Sequence[Task], fetch: _Fetched, timing: Timing, request_id: str) -> list[TaskInput | HTTPError]:
         """Tasks with their images decoded, or the error that fails each."""

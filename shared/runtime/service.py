@@ -14,19 +14,23 @@ import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
+from shared.label_config import LabelConfig, parse_label_config
+from shared.protocol import PredictRequest, WebhookEvent, parse_predict, parse_setup, parse_webhook
 from shared.runtime.errors import HTTPError, client_error
 from shared.runtime.logs import logger
 from shared.runtime.metrics import Metrics
+from shared.runtime.model import Spec
 from shared.runtime.telemetry import Timing
 from shared.settings import Settings
 
-__all__ = ["ACTIONS", "DEADLINE_HEADER", "WEBHOOK_SECRET_HEADER", "Call", "Route", "Service", "json_response"]
+__all__ = ["ACTIONS", "DEADLINE_HEADER", "WEBHOOK_SECRET_HEADER", "Call", "Route", "Service", "json_response", "wsgi_app"]
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 _WWW_AUTHENTICATE = 'Basic realm="lsfn", charset="UTF-8"'
@@ -88,11 +92,13 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 
 
 class Service:
-    """A server for Label Studio's routes; subclasses implement the handlers."""
+    """A server for Label Studio's routes around a ``Spec``: /setup and /webhook are the same
+    everywhere; subclasses answer /health, /versions and /predict and say where webhook events go."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, spec: Spec) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.spec = spec
         self._large_bodies = threading.BoundedSemaphore(_LARGE_BODIES_AT_ONCE)
         if self.settings.webhook_secret and self.settings.basic_auth is None:
             logger.warning("WEBHOOK_SECRET is set without BASIC_AUTH_USER/BASIC_AUTH_PASS: only /webhook is protected")
@@ -113,20 +119,56 @@ class Service:
     def health(self, call: Call) -> Response:
         raise NotImplementedError
 
-    def setup(self, call: Call) -> Response:
-        raise NotImplementedError
-
     def versions(self, call: Call) -> Response:
         raise NotImplementedError
 
     def predict(self, call: Call) -> Response:
         raise NotImplementedError
 
-    def webhook(self, call: Call) -> Response:
+    def enqueue_webhook(self, call: Call, event: WebhookEvent, job: str) -> bool:
+        """Hand a webhook event on in the background; False when the queue is full."""
         raise NotImplementedError
 
     def metrics_route(self, call: Call) -> Response:
         return Response(self.metrics.exposition(), status=200, content_type=self.metrics.content_type)
+
+    def setup(self, call: Call) -> Response:
+        request = parse_setup(call.body)
+        config = parse_label_config(request.label_config) if request.label_config else None
+        if config is not None:
+            self.spec.check_label_config(config)
+        self.on_setup(call)
+        return json_response(200, {"model_version": self.setup_version(request.label_config, config)})
+
+    def on_setup(self, call: Call) -> None:
+        """Called by /setup once the label config passed the check (the front door wakes its
+        upstream)."""
+
+    def setup_version(self, label_config: str | None, config: LabelConfig | None) -> str:
+        """The model version /setup answers for a label config."""
+        return self.spec.version_for(config)
+
+    def webhook(self, call: Call) -> Response:
+        event = parse_webhook(call.body)
+        action = event.action if event.action in ACTIONS else "other"
+        if not self.spec.trains:
+            self.metrics.webhooks.labels(action, "ignored").inc()
+            return json_response(200, {"status": "ignored", "detail": f"{self.spec.model_class} does not train"})
+        job = uuid.uuid4().hex
+        if not self.enqueue_webhook(call, event, job):
+            self.metrics.webhooks.labels(action, "refused").inc()
+            raise HTTPError(503, "webhook queue full", "events arrive faster than they are handled", {"Retry-After": "5"})
+        self.metrics.webhooks.labels(action, "queued").inc()
+        return json_response(200, {"status": "queued", "job": job})
+
+    def predict_request(self, call: Call) -> tuple[PredictRequest, LabelConfig]:
+        """A /predict body parsed, its label config checked against the spec."""
+        request = parse_predict(call.body)
+        if not request.label_config:
+            raise HTTPError(422, "invalid request", "label_config: the project's label config is missing")
+        config = parse_label_config(request.label_config)
+        self.spec.check_label_config(config)
+        return request, config
 
     def deadline(self, call: Call) -> float:
         """When a /predict must be answered (time.monotonic()): PREDICT_DEADLINE after it arrived,
@@ -139,6 +181,10 @@ class Service:
         except ValueError:
             pass  # a malformed header is ignored, like a missing one
         return call.started + budget
+
+    def admit_until(self, call: Call, deadline: float) -> float:
+        """How long a /predict may wait for a slot (ADMIT_TIMEOUT, within its deadline)."""
+        return min(deadline, call.started + self.settings.admit_timeout)
 
     # -- the request cycle ------------------------------------------------------------------
 
@@ -262,3 +308,13 @@ class Service:
                 self._large_bodies.release()
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
             raise HTTPError(400, "malformed JSON", str(exc)[:300]) from None
+
+
+def wsgi_app(service: Service) -> Callable[[dict[str, Any], Any], Any]:
+    """A WSGI callable sending every path to ``service.handle``: Flask's own routing and
+    contexts would only add time to each request (a third of a /health answer)."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        return service.handle(Request(environ))(environ, start_response)
+
+    return app

@@ -26,6 +26,12 @@ class Timing:
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - started
 
+    def add(self, other: "Timing") -> None:
+        """Add another Timing's phases (one kept by a worker thread, so this one is only ever
+        changed by the request's own thread)."""
+        for name, seconds in other.phases.items():
+            self.phases[name] = self.phases.get(name, 0.0) + seconds
+
     def header(self, total: float) -> str:
         if not self.phases:
             return ""

@@ -60,19 +60,23 @@ class HttpUpstream:
 
     def call(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str], timeout: float) -> Answer:
         sent = dict(headers)
-        token = self._token() if self._token is not None else None
+        try:
+            token = self._token() if self._token is not None else None
+        except Exception as exc:  # noqa: BLE001 - a metadata server hiccup: retried like a refused connection
+            raise Unreachable(f"no credentials for the upstream ({type(exc).__name__})", timed_out=False) from None
         if token:
             sent["Authorization"] = f"Bearer {token}"
         timeout = max(timeout, 0.05)
+        # The messages name no address: they end up in answers (error items, 503 details).
         try:
             response = self._http.request(
                 method, self.url + path, body=body, headers=sent,
-                timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout), preload_content=True,
+                timeout=urllib3.Timeout(total=timeout, connect=min(timeout, 5.0)), preload_content=True,
             )  # fmt: skip
         except ConnectTimeoutError as exc:  # NewConnectionError too: refused, unresolvable
-            raise Unreachable(f"connection failed: {exc}", timed_out=False) from None
+            raise Unreachable(f"could not connect to the upstream ({type(exc).__name__})", timed_out=False) from None
         except Urllib3Timeout:
-            raise Unreachable(f"no answer within {timeout:g} s", timed_out=True) from None
+            raise Unreachable(f"no answer from the upstream within {timeout:.1f} s", timed_out=True) from None
         except Urllib3Error as exc:  # ProtocolError: reset, or a stale pooled connection
-            raise Unreachable(f"connection failed: {type(exc).__name__}: {exc}", timed_out=False) from None
+            raise Unreachable(f"the connection to the upstream failed ({type(exc).__name__})", timed_out=False) from None
         return Answer(response.status, response.data, response.headers)  # case-insensitive

@@ -24,14 +24,19 @@ from prometheus_client import Enum as EnumMetric
 
 from shared.runtime.logs import logger
 from shared.runtime.metrics import LATENCY_BUCKETS
+from shared.runtime.service import DEADLINE_HEADER
 from shared.runtime.upstream import Answer, Unreachable, Upstream
 from shared.settings import Settings
 
-__all__ = ["Status", "UpstreamLink", "config_key"]
+__all__ = ["RETURN_MARGIN", "WAKE_INTERVAL", "Status", "UpstreamLink", "config_key"]
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 2.0
 _RETRY_AFTER_MAX = 10.0  # a longer Retry-After is waited in steps, so the budget is rechecked
 _KNOWN_CONFIGS = 256  # label configs whose upstream version is remembered
+# Time kept back from what is passed on as the upstream's deadline, for its answer to travel back.
+RETURN_MARGIN = 1.0
+# A /setup does not wake an upstream that answered this recently.
+WAKE_INTERVAL = 10.0
 
 
 class Status(str, Enum):
@@ -45,28 +50,35 @@ def config_key(label_config: str | None) -> str:
     return hashlib.sha256((label_config or "").encode()).hexdigest()
 
 
-def _json_status(answer: Answer) -> tuple[str, str]:
-    """(status, detail) of a runtime's JSON error body, or empty strings."""
+def _json_fields(answer: Answer) -> dict[str, str]:
+    """The status, error and detail of a runtime's JSON error body (empty when not JSON)."""
     try:
         body = json.loads(answer.body)
-    except ValueError:
-        return "", ""
+    except (ValueError, RecursionError):
+        return {}
     if not isinstance(body, dict):
-        return "", ""
-    return str(body.get("status") or ""), str(body.get("detail") or body.get("error") or "")[:500]
+        return {}
+    return {key: str(body.get(key) or "")[:500] for key in ("status", "error", "detail")}
+
+
+def _loading(answer: Answer) -> bool:
+    fields = _json_fields(answer) if answer.status == 503 else {}
+    return fields.get("status") == "LOADING" or fields.get("error") == "model is loading"
 
 
 def _retry_after(answer: Answer) -> float | None:
     """Seconds to wait before trying again, or None when the answer is final."""
+    if answer.status not in (429, 503):
+        return None
+    if _json_fields(answer).get("error") == "deadline":
+        return None  # the upstream ran out of the time it was given: so has the caller
     header = answer.headers.get("Retry-After")
-    if answer.status in (429, 503) and header:
+    if header:
         try:
             return min(max(float(header), 0.1), _RETRY_AFTER_MAX)
         except ValueError:
             return 1.0
-    if answer.status == 503 and _json_status(answer)[0] == "LOADING":
-        return 1.0
-    return None
+    return 1.0 if _loading(answer) else None
 
 
 class UpstreamLink:
@@ -126,8 +138,12 @@ class UpstreamLink:
 
     def version_for(self, label_config: str | None) -> str | None:
         """The version the upstream answered /setup with for this label config, if known."""
+        key = config_key(label_config)
         with self._lock:
-            return self._versions.get(config_key(label_config))
+            version = self._versions.get(key)
+            if version is not None:
+                self._versions.move_to_end(key)
+            return version
 
     def listed_versions(self) -> list[str] | None:
         return self._listed
@@ -135,10 +151,13 @@ class UpstreamLink:
     # -- calls -------------------------------------------------------------------------------
 
     def call(
-        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str], until: float, route: str
-    ) -> Answer:
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str], until: float, route: str,
+        pass_deadline: bool = False,
+    ) -> Answer:  # fmt: skip
         """The upstream's answer, retrying a cold or busy upstream until ``until``
-        (time.monotonic()); raises Unreachable when no final answer came by then."""
+        (time.monotonic()); raises Unreachable when no final answer came by then. With
+        ``pass_deadline`` each attempt tells the upstream the time left (``X-Predict-Deadline``,
+        less a margin for the answer's way back)."""
         started = time.monotonic()
         backoff = _BACKOFF_FIRST
         waited_cold = False
@@ -149,8 +168,11 @@ class UpstreamLink:
                 if remaining <= 0:
                     self._give_up(last_problem)
                     raise Unreachable(last_problem, timed_out=True)
+                sent = dict(headers)
+                if pass_deadline:
+                    sent[DEADLINE_HEADER] = f"{max(remaining - RETURN_MARGIN, 0.0):.3f}"
                 try:
-                    answer = self.upstream.call(method, path, body, headers, remaining)
+                    answer = self.upstream.call(method, path, body, sent, remaining)
                 except Unreachable as exc:
                     self.attempts.labels(route, "timeout" if exc.timed_out else "refused").inc()
                     if exc.timed_out:
@@ -166,7 +188,7 @@ class UpstreamLink:
                         if waited_cold:
                             self.cold_waits.observe(time.monotonic() - started)
                         return answer
-                    loading = answer.status == 503 and _json_status(answer)[0] == "LOADING"
+                    loading = _loading(answer)
                     self.attempts.labels(route, "loading" if loading else "throttled").inc()
                     last_problem = f"upstream answered {answer.status}" + (" (model loading)" if loading else "")
                     if loading:
@@ -178,9 +200,9 @@ class UpstreamLink:
             self.latency.labels(route).observe(time.monotonic() - started)
 
     def _answered(self, answer: Answer) -> None:
-        status, detail = _json_status(answer) if answer.status >= 500 else ("", "")
-        if status == "FAILED":
-            self._set(Status.FAILED, f"the model failed to load: {detail}")
+        fields = _json_fields(answer) if answer.status >= 500 else {}
+        if fields.get("status") == "FAILED" or fields.get("error") == "model failed to load":
+            self._set(Status.FAILED, f"the model failed to load: {fields.get('detail', '')}")
         else:
             self._set(Status.READY)
 
@@ -195,12 +217,20 @@ class UpstreamLink:
     def wake(self, setup_body: bytes | None, headers: Mapping[str, str]) -> bool:
         """Start the upstream in the background (Label Studio sends a batch right after
         /setup): /health until it is up, then /setup with this body to learn the version it
-        gives this label config. At most one wake-up runs; False when one already does."""
+        gives this label config. At most one wake-up runs, and none while the upstream answered
+        within the last WAKE_INTERVAL seconds (Label Studio sends /setup whenever its model
+        settings are looked at); False when none was started."""
         with self._lock:
-            if self._waking:
+            recent = self._last_answer is not None and time.monotonic() - self._last_answer < WAKE_INTERVAL
+            if self._waking or (recent and self._status is Status.READY):
                 return False
             self._waking = True
-        threading.Thread(target=self._wake, args=(setup_body, dict(headers)), name="lsfn-wake", daemon=True).start()
+        try:
+            threading.Thread(target=self._wake, args=(setup_body, dict(headers)), name="lsfn-wake", daemon=True).start()
+        except RuntimeError:  # no thread to be had: the next /setup tries again
+            with self._lock:
+                self._waking = False
+            return False
         return True
 
     def _wake(self, setup_body: bytes | None, headers: dict[str, str]) -> None:
@@ -230,11 +260,13 @@ class UpstreamLink:
         try:
             version = json.loads(answer.body).get("model_version")
             label_config = json.loads(setup_body).get("schema")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return
         if isinstance(version, str):
+            key = config_key(label_config)
             with self._lock:
-                self._versions[config_key(label_config)] = version
+                self._versions[key] = version
+                self._versions.move_to_end(key)
                 while len(self._versions) > _KNOWN_CONFIGS:
                     self._versions.popitem(last=False)
 
