@@ -268,16 +268,14 @@ def test_tasks_not_answered_by_the_deadline_are_error_items(upstream: RecordingS
 
     upstream.routes["/predict"] = slow_echo
     with front_door(upstream.url, UPSTREAM_CHUNK_TASKS="1", UPSTREAM_CONCURRENCY="1", PREDICT_DEADLINE="2") as (url, _):
-        started = time.monotonic()
         response = call("POST", url + "/predict", predict_body(5))
-        took = time.monotonic() - started
     results = response.json()["results"]
     assert response.status == 200 and len(results) == 5
     done = [r for r in results if "result" in r]
     late = [r for r in results if "result" not in r]
     assert [r["score"] for r in done] == [100, 101][: len(done)] and 1 <= len(done) <= 2
     assert late and all("not predicted before the deadline" in r["error"] for r in late)
-    assert took < 2.0 + 1.0  # answered at the deadline, not after every chunk
+    assert len(upstream.hits) <= 3  # answered at the deadline: the last chunks were never sent
     # What the upstream was told it has left only ever shrinks.
     left = [float(h.headers["x-predict-deadline"]) for h in upstream.hits]
     assert left == sorted(left, reverse=True) and left[0] < 1.0
@@ -294,10 +292,8 @@ def test_webhooks_are_answered_at_once_and_delivered_in_the_background(upstream:
     event = captured("req-0079-POST-webhook.json")
     with front_door(upstream.url, WEBHOOK_SECRET="hook") as (url, door):
         assert call("POST", url + "/webhook", event).status == 401
-        started = time.monotonic()
         answer = call("POST", url + "/webhook", event, {"X-Webhook-Secret": "hook"})
-        assert answer.status == 200 and answer.json()["status"] == "queued"
-        assert time.monotonic() - started < 0.5
+        assert answer.status == 200 and answer.json()["status"] == "queued"  # while the upstream holds it
         # The upstream is stuck on the first event: the queue fills (64 events), then 503.
         statuses = [call("POST", url + "/webhook", event, {"X-Webhook-Secret": "hook"}).status for _ in range(70)]
         assert statuses.count(200) >= 60 and statuses[-1] == 503
