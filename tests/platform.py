@@ -46,6 +46,7 @@ class ScaleToZero:
         self._fn: Function | None = None
         self._lock = threading.Lock()  # held while the function starts: requests wait, as on Cloud Run
         self._in_flight = 0
+        self._starting = False
         self._last = time.monotonic()
         self._closed = threading.Event()
         self._http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=300), maxsize=32)
@@ -81,7 +82,8 @@ class ScaleToZero:
 
     @property
     def running(self) -> bool:
-        return self._fn is not None
+        """Started or starting (a request is held through the start delay)."""
+        return self._fn is not None or self._starting
 
     def wait_stopped(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -96,12 +98,15 @@ class ScaleToZero:
             cold = self._fn is None
             try:
                 if cold:
+                    self._starting = True
                     time.sleep(self.start_delay)
                     self.starts += 1
                     self._fn = self._spawn()
             except Exception:
                 self._in_flight -= 1
                 raise
+            finally:
+                self._starting = False
             url = self._fn.url
         try:
             response = self._http.request(method, url + path, body=body or None, headers=headers)

@@ -365,11 +365,12 @@ def test_tasks_not_started_before_the_deadline_are_error_items(function: Functio
     """Label Studio stores nothing when /predict outlasts its 100 s: by PREDICT_DEADLINE (or the
     shorter time a front door passes in X-Predict-Deadline) the tasks still waiting are error
     items, and the finished ones are answered."""
-    tasks: list[dict[str, Any]] = [{"image": "/data/upload/2/0e768658-img0.png", "hold": 0.1} for _ in range(10)]
-    response = call("POST", function.url + "/predict", predict_body(tasks), {**basic(), "X-Predict-Deadline": "0.3"})
+    tasks: list[dict[str, Any]] = [{"image": "/data/upload/2/0e768658-img0.png", "hold": 0.4} for _ in range(10)]
+    response = call("POST", function.url + "/predict", predict_body(tasks), {**basic(), "X-Predict-Deadline": "3"})
     results = response.json()["results"]
     assert response.status == 200 and len(results) == 10
-    # The first chunk (8 tasks) started in time and is finished; the rest never started.
+    # The first chunk (8 tasks, 3.2 s) started in time and is finished; the next would not
+    # have finished in time (it would take as long), so it never started.
     assert all(item["result"] for item in results[:8])
     assert all("result" not in item and "not predicted before the deadline" in item["error"] for item in results[8:])
     # No time left: nothing is predicted; a malformed or longer header changes nothing.
@@ -469,23 +470,23 @@ def test_image_cache_spares_the_second_download(function: Function, label_studio
 
 
 def test_requests_wait_for_a_slot_a_flood_is_refused_and_control_routes_stay_fast(function: Function) -> None:
-    batch = predict_body([{"image": "/data/upload/2/0e768658-img0.png", "hold": 2}])
+    batch = predict_body([{"image": "/data/upload/2/0e768658-img0.png", "hold": 3}])
     interactive = captured("req-0067-POST-predict.json")
-    interactive["tasks"][0]["data"] = {"image": "/data/upload/2/11524fb9-img1.jpg", "hold": 2}
+    interactive["tasks"][0]["data"] = {"image": "/data/upload/2/11524fb9-img1.jpg", "hold": 3}
     with ThreadPoolExecutor(4) as pool:
         running = [pool.submit(call, "POST", function.url + "/predict", batch, basic())]
         wait_in_flight(function, 1)
         # MAX_CONCURRENT_PREDICTIONS=2, one slot kept for interactive requests: a second batch
         # waits (ADMIT_QUEUE=1), a third finds the queue full and is refused at once.
         running.append(pool.submit(call, "POST", function.url + "/predict", batch, basic()))
-        wait_waiting(function, running[-1])
+        wait_waiting(function, running[-1], 1)
         third_batch = call("POST", function.url + "/predict", batch, basic())
         assert third_batch.status == 503 and "already waiting" in third_batch.json()["detail"]
         assert not running[0].done()  # refused at once, not after waiting for a slot
         running.append(pool.submit(call, "POST", function.url + "/predict", interactive, basic()))
         wait_in_flight(function, 2)
         running.append(pool.submit(call, "POST", function.url + "/predict", interactive, basic()))
-        wait_waiting(function, running[-1])
+        wait_waiting(function, running[-1], 2)
         overloaded = call("POST", function.url + "/predict", interactive, basic())
         assert overloaded.status == 503
         assert overloaded.headers["Retry-After"] == "1"
@@ -505,10 +506,17 @@ def test_requests_wait_for_a_slot_a_flood_is_refused_and_control_routes_stay_fas
         assert [f.result().status for f in running] == [200, 200, 200, 200]
 
 
-def wait_waiting(fn: Function, request: Any) -> None:
-    """Until the request is queued for a slot (it has been sent and is not answered)."""
-    time.sleep(0.3)
-    assert not request.done()
+def wait_waiting(fn: Function, request: Any, count: int) -> None:
+    """Until ``count`` requests wait for a slot (the gates' waiting counts in /metrics)."""
+
+    def waiting() -> float:
+        text = call("GET", fn.url + "/metrics", headers=basic()).data.decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("lsfn_admission_waiting{"))
+
+    deadline = time.monotonic() + 10
+    while waiting() < count:
+        assert time.monotonic() < deadline and not request.done()
+        time.sleep(0.02)
 
 
 def wait_in_flight(fn: Function, count: int) -> None:

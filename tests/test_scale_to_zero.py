@@ -52,7 +52,7 @@ def yolo_env(label_studio: LabelStudioServer) -> dict[str, str | None]:
 @pytest.fixture
 def gpu(tmp_path: Path, label_studio: LabelStudioServer, weights: Path) -> Iterator[ScaleToZero]:
     """The YOLO function on the scale-to-zero platform, scaled to zero."""
-    platform = ScaleToZero("yolo", tmp_path / "gpu", yolo_env(label_studio), weights, idle=3.0, start_delay=START_DELAY)
+    platform = ScaleToZero("yolo", tmp_path / "gpu", yolo_env(label_studio), weights, idle=5.0, start_delay=START_DELAY)
     yield platform
     platform.close()
 

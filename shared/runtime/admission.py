@@ -12,19 +12,22 @@ from __future__ import annotations
 import threading
 import time
 
+from prometheus_client import Gauge
+
 from shared.runtime.errors import HTTPError
 
 __all__ = ["Gate"]
 
 
 class Gate:
-    def __init__(self, slots: int, queue: int, what: str) -> None:
+    def __init__(self, slots: int, queue: int, what: str, waiting: Gauge | None = None) -> None:
         self.slots = slots
         self.queue = queue
         self.what = what  # names the slots in the 503's detail
         self._free = threading.BoundedSemaphore(slots)
         self._lock = threading.Lock()
         self._waiting = 0
+        self._gauge = waiting  # the number waiting, for /metrics
 
     def enter(self, until: float) -> None:
         """Take a slot, waiting until ``until`` (time.monotonic()) at most; raise 503 when the
@@ -35,12 +38,16 @@ class Gate:
             if self._waiting >= self.queue:
                 raise self._refused(f"{self._waiting} requests are already waiting")
             self._waiting += 1
+        if self._gauge is not None:
+            self._gauge.inc()
         try:
             if self._free.acquire(timeout=max(0.0, until - time.monotonic())):
                 return
         finally:
             with self._lock:
                 self._waiting -= 1
+            if self._gauge is not None:
+                self._gauge.dec()
         raise self._refused("none came free in time (ADMIT_TIMEOUT)")
 
     def leave(self) -> None:

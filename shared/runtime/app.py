@@ -42,10 +42,12 @@ class Runtime(Service):
         self.predictor = Predictor(self.model, self.settings, self.metrics)
         self.fit_queue = FitQueue(self.model, self.loader, self.metrics)
         limit, queue = self.settings.max_concurrent_predictions, self.settings.admit_queue
-        self._gate = Gate(limit, queue, "predictions (MAX_CONCURRENT_PREDICTIONS)")
+        waiting = self.metrics.waiting
+        self._gate = Gate(limit, queue, "predictions (MAX_CONCURRENT_PREDICTIONS)", waiting.labels("predictions"))
         # Batches may take all slots but one: an annotator's click is not kept waiting because
         # "Retrieve predictions" runs in the background.
-        self._batch_gate = Gate(max(1, limit - 1), queue, "batch predictions (one slot is kept for interactive ones)")
+        self._batch_gate = Gate(max(1, limit - 1), queue, "batch predictions (one slot is kept for interactive ones)",
+                                waiting.labels("batch"))  # fmt: skip
 
     def _load(self) -> None:
         self.model.setup()

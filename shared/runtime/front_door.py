@@ -64,7 +64,8 @@ class FrontDoor(Service):
             connections = settings.upstream_max_requests * settings.upstream_concurrency
             upstream = HttpUpstream(settings.upstream_url, connections=connections)
         self.link = UpstreamLink(upstream, settings, self.metrics.registry)
-        self._gate = Gate(settings.upstream_max_requests, settings.admit_queue, "forwarded predictions (UPSTREAM_MAX_REQUESTS)")
+        self._gate = Gate(settings.upstream_max_requests, settings.admit_queue, "forwarded predictions (UPSTREAM_MAX_REQUESTS)",
+                          self.metrics.waiting.labels("forwarded"))  # fmt: skip
         # Threads are created as chunks need them, none before the server forks its worker.
         self._chunks = ThreadPoolExecutor(
             max_workers=settings.upstream_max_requests * settings.upstream_concurrency, thread_name_prefix="lsfn-chunk"
@@ -173,6 +174,7 @@ class FrontDoor(Service):
         answers: list[list[str]] = [[] for _ in chunks]
         pending = iter(range(len(chunks)))
         lock = threading.Lock()
+        took = [0.0]  # the last chunk's time: a chunk that would not come back in time is not sent
 
         def worker() -> None:
             while True:
@@ -180,7 +182,13 @@ class FrontDoor(Service):
                     index = next(pending, None)
                 if index is None:
                     return
+                started = time.monotonic()
+                if started + took[0] >= deadline:
+                    late = deadline_error(self.settings.predict_deadline)
+                    answers[index] = [error_item(f"{late.error}: {late.detail}")] * len(chunks[index])
+                    continue
                 answers[index] = self._chunk(call, chunks[index], deadline)
+                took[0] = time.monotonic() - started
 
         workers = [self._chunks.submit(worker) for _ in range(min(self.settings.upstream_concurrency, len(chunks)))]
         for future in workers:
@@ -191,8 +199,6 @@ class FrontDoor(Service):
         """A chunk's encoded result items, or its error items."""
         late = deadline_error(self.settings.predict_deadline)
         try:
-            if time.monotonic() >= deadline:
-                return [error_item(f"{late.error}: {late.detail}")] * len(tasks)
             answer = self._send(call, json.dumps({**call.body, "tasks": tasks}, separators=(",", ":")).encode(), deadline)
             problem = _answer_problem(answer)
             if answer.status == 200:

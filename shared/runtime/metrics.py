@@ -38,6 +38,7 @@ class Metrics:
         )
         self.errors = Counter("lsfn_errors", "Error answers by route and error", ["route", "error"], registry=r)
         self.webhooks = Counter("lsfn_webhook_events", "Webhook events by action and outcome", ["action", "outcome"], registry=r)
+        self.waiting = Gauge("lsfn_admission_waiting", "Requests waiting for a prediction slot, by gate", ["gate"], registry=r)
         # Children by labels: prometheus_client's labels() locks and validates on every call.
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         if model:

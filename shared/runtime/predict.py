@@ -84,8 +84,8 @@ def encode_results(items: Sequence[str]) -> bytes:
 
 
 def deadline_error(budget: float) -> HTTPError:
-    """The error item of a task not predicted before the /predict deadline (a later run of
-    "Retrieve predictions" sends it again: Label Studio stores nothing for an error item)."""
+    """The error item of a task that could not be predicted before the /predict deadline (a
+    later run of "Retrieve predictions" sends it again: Label Studio stores nothing for it)."""
     return HTTPError(503, "deadline", f"not predicted before the deadline (PREDICT_DEADLINE={budget:g} s)", {"Retry-After": "1"})
 
 
@@ -119,7 +119,9 @@ class Predictor:
         self, request: PredictRequest, config: LabelConfig, timing: Timing, request_id: str, deadline: float | None = None
     ) -> bytes:
         """The encoded /predict answer; raises HTTPError for a failing interactive request.
-        Chunks not started by ``deadline`` (time.monotonic()) are answered as error items."""
+        Tasks that would not be finished by ``deadline`` (time.monotonic()) are not started:
+        a chunk starts only while the time left exceeds what the previous chunk took; the
+        others are answered as error items."""
         tasks = request.tasks
         items: list[Prediction | HTTPError] = []
         # Label Studio sends every selected task in one request: work through them a few at a
@@ -128,8 +130,10 @@ class Predictor:
         # The next chunk's images download while this chunk is predicted (timed apart: a
         # download still running at the deadline must not touch this request's timing).
         fetching = self._prefetch.submit(self._fetch, chunks[0], request, config, Timing())
+        took = 0.0  # the previous chunk's time: the estimate of the next one's
         for number, chunk in enumerate(chunks):
-            if deadline is not None and time.monotonic() >= deadline:
+            started = time.monotonic()
+            if deadline is not None and started + took >= deadline:
                 fetching.cancel()
                 late = deadline_error(self.settings.predict_deadline)
                 items.extend(late for _ in range(len(tasks) - len(items)))
@@ -147,6 +151,7 @@ class Predictor:
             answers = iter(predictions)
             items.extend(next(answers) if isinstance(i, TaskInput) else i for i in inputs)
             del inputs, ready, predictions, fetched  # this chunk's images
+            took = time.monotonic() - started
 
         interactive = request.is_interactive and len(items) == 1
         version = self.model.version_for(config)

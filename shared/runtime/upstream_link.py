@@ -31,7 +31,7 @@ from shared.settings import Settings
 __all__ = ["RETURN_MARGIN", "WAKE_INTERVAL", "Status", "UpstreamLink", "config_key"]
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 2.0
-_RETRY_AFTER_MAX = 10.0  # a longer Retry-After is waited in steps, so the budget is rechecked
+_RETRY_AFTER_MAX = 10.0  # a longer Retry-After is taken as this (the platform's guess, not a promise)
 _KNOWN_CONFIGS = 256  # label configs whose upstream version is remembered
 # Time kept back from what is passed on as the upstream's deadline, for its answer to travel back.
 RETURN_MARGIN = 1.0
@@ -88,7 +88,8 @@ class UpstreamLink:
         self._lock = threading.Lock()
         self._status = Status.COLD
         self._reason: str | None = None
-        self._last_answer: float | None = None
+        self._last_answer: float | None = None  # time.monotonic() of its last answer
+        self._changed = time.monotonic()  # when the state was last set
         self._versions: OrderedDict[str, str] = OrderedDict()  # config key -> upstream's version
         self._listed: list[str] | None = None  # the upstream's last /versions list
         self._waking = False
@@ -115,21 +116,27 @@ class UpstreamLink:
     # -- state -------------------------------------------------------------------------------
 
     def status(self) -> tuple[Status, str | None, float | None]:
-        """(state, failure reason, seconds since the upstream last answered)."""
+        """(state, failure reason, seconds since the upstream last answered). A ready upstream
+        silent for UPSTREAM_IDLE_TIMEOUT, or a warming one that came to nothing within
+        UPSTREAM_TIMEOUT, is taken to be cold."""
+        now = time.monotonic()
         with self._lock:
-            status, reason, last = self._status, self._reason, self._last_answer
-        age = None if last is None else time.monotonic() - last
+            status, reason, last, changed = self._status, self._reason, self._last_answer, self._changed
+        age = None if last is None else now - last
         if status is Status.READY and age is not None and age > self.settings.upstream_idle_timeout:
             status = Status.COLD
+        elif status is Status.WARMING and now - changed > self.settings.upstream_timeout:
+            status = Status.COLD
+        self.state_metric.state(status.value)
         return status, reason, age
 
     def _set(self, status: Status, reason: str | None = None) -> None:
         with self._lock:
             if status is Status.WARMING and self._status is Status.READY and self._fresh():
                 return  # a busy answer from a warm upstream
-            self._status, self._reason = status, reason
+            self._status, self._reason, self._changed = status, reason, time.monotonic()
             if status in (Status.READY, Status.FAILED):
-                self._last_answer = time.monotonic()
+                self._last_answer = self._changed
         self.state_metric.state(status.value)
 
     def _fresh(self) -> bool:
@@ -162,6 +169,8 @@ class UpstreamLink:
         backoff = _BACKOFF_FIRST
         waited_cold = False
         last_problem = "no time left"
+        if self.status()[0] is Status.COLD:
+            self._set(Status.WARMING)  # this call wakes it (a platform holds it while it starts)
         try:
             while True:
                 remaining = until - time.monotonic()
@@ -170,7 +179,9 @@ class UpstreamLink:
                     raise Unreachable(last_problem, timed_out=True)
                 sent = dict(headers)
                 if pass_deadline:
-                    sent[DEADLINE_HEADER] = f"{max(remaining - RETURN_MARGIN, 0.0):.3f}"
+                    if remaining <= RETURN_MARGIN:  # no time for the upstream to do anything
+                        raise Unreachable(f"{last_problem}; no time left to send it on", timed_out=True)
+                    sent[DEADLINE_HEADER] = f"{remaining - RETURN_MARGIN:.3f}"
                 try:
                     answer = self.upstream.call(method, path, body, sent, remaining)
                 except Unreachable as exc:
@@ -182,7 +193,7 @@ class UpstreamLink:
                     pause, backoff = backoff, min(backoff * 2, _BACKOFF_MAX)
                 else:
                     pause = _retry_after(answer)
-                    if pause is None:
+                    if pause is None or pause >= until - time.monotonic():  # final, or no time to wait
                         self.attempts.labels(route, "answered").inc()
                         self._answered(answer)
                         if waited_cold:
@@ -203,8 +214,10 @@ class UpstreamLink:
         fields = _json_fields(answer) if answer.status >= 500 else {}
         if fields.get("status") == "FAILED" or fields.get("error") == "model failed to load":
             self._set(Status.FAILED, f"the model failed to load: {fields.get('detail', '')}")
-        else:
+        elif answer.status < 500 or fields:
             self._set(Status.READY)
+        # else: a 5xx without the runtime's JSON is the platform's own page (a crashing
+        # container, a gateway timeout): it says nothing about the function's state.
 
     def _give_up(self, problem: str) -> None:
         with self._lock:
