@@ -23,7 +23,7 @@ from shared.runtime.logs import configure_logging
 from shared.runtime.metrics import Metrics
 from shared.runtime.model import Model
 from shared.runtime.predict import Predictor
-from shared.runtime.service import Call, Service, json_response, wsgi_app
+from shared.runtime.service import Call, Service, flask_app, json_response, wsgi_app
 from shared.runtime.training import FitQueue
 from shared.settings import Settings, get_settings
 
@@ -117,11 +117,7 @@ class Runtime(Service):
 
 def create_app(model_class: type[Model], settings: Settings | None = None) -> flask.Flask:
     """The WSGI app serving ``model_class``; ``app.extensions["lsfn"]`` is its Runtime."""
-    runtime = Runtime(model_class, settings)
-    app = flask.Flask(f"lsfn.{model_class.__name__}")
-    app.wsgi_app = wsgi_app(runtime)  # type: ignore[method-assign]
-    app.extensions["lsfn"] = runtime
-    return app
+    return flask_app(Runtime(model_class, settings), f"lsfn.{model_class.__name__}")
 
 
 def http_target(app: flask.Flask) -> Callable[[Request], Response]:

@@ -32,7 +32,7 @@ from shared.runtime.logs import configure_logging, logger
 from shared.runtime.metrics import Metrics
 from shared.runtime.model import Spec
 from shared.runtime.predict import deadline_error, encode_results, error_item
-from shared.runtime.service import Call, Service, json_response, wsgi_app
+from shared.runtime.service import Call, Service, flask_app, json_response
 from shared.runtime.upstream import Answer, HttpUpstream, Unreachable, Upstream
 from shared.runtime.upstream_link import Status, UpstreamLink
 from shared.settings import Settings, get_settings
@@ -107,7 +107,7 @@ class FrontDoor(Service):
 
     def on_setup(self, call: Call) -> None:
         # Label Studio sends a batch right after /setup: start the upstream now.
-        if self.link.wake(call.raw, {"X-Request-Id": call.request_id}):
+        if self.link.wake(call.raw, call.body.get("schema"), {"X-Request-Id": call.request_id}):
             logger.info("waking the upstream", extra={"request_id": call.request_id})
 
     def setup_version(self, label_config: str | None, config: LabelConfig | None) -> str:
@@ -159,11 +159,10 @@ class FrontDoor(Service):
         try:
             answer = self._send(call, call.raw, deadline)
         except Unreachable as exc:
-            late = deadline_error(self.settings.predict_deadline)
             if interactive:
+                late = deadline_error(self.settings.predict_deadline)
                 raise HTTPError(late.status, late.error, f"{late.detail}: {exc}", late.headers) from None
-            return Response(encode_results([error_item(f"{late.error}: {late.detail}: {exc}")] * count),
-                            status=200, mimetype="application/json")  # fmt: skip
+            return Response(encode_results(self._late(count, str(exc))), status=200, mimetype="application/json")
         headers = {k: answer.headers[k] for k in _PASSED_HEADERS if k in answer.headers}
         mimetype = None if "Content-Type" in headers else "application/json"
         return Response(answer.body, status=answer.status, headers=headers, mimetype=mimetype)
@@ -184,8 +183,7 @@ class FrontDoor(Service):
                     return
                 started = time.monotonic()
                 if started + took[0] >= deadline:
-                    late = deadline_error(self.settings.predict_deadline)
-                    answers[index] = [error_item(f"{late.error}: {late.detail}")] * len(chunks[index])
+                    answers[index] = self._late(len(chunks[index]))
                     continue
                 answers[index] = self._chunk(call, chunks[index], deadline)
                 took[0] = time.monotonic() - started
@@ -197,29 +195,30 @@ class FrontDoor(Service):
 
     def _chunk(self, call: Call, tasks: list[Any], deadline: float) -> list[str]:
         """A chunk's encoded result items, or its error items."""
-        late = deadline_error(self.settings.predict_deadline)
         try:
             answer = self._send(call, json.dumps({**call.body, "tasks": tasks}, separators=(",", ":")).encode(), deadline)
-            problem = _answer_problem(answer)
-            if answer.status == 200:
-                results = json.loads(answer.body).get("results")
+            if answer.status != 200:
+                problem = _answer_problem(answer)
+            else:
+                body = json.loads(answer.body)
+                results = body.get("results") if isinstance(body, dict) else None
                 if isinstance(results, list) and len(results) == len(tasks):
                     return [json.dumps(item, separators=(",", ":")) for item in results]
                 problem = f"upstream answered 200 without one result per task ({len(tasks)})"
         except Unreachable as exc:
-            return [error_item(f"{late.error}: {late.detail}: {exc}")] * len(tasks)
+            return self._late(len(tasks), str(exc))
         except Exception:  # noqa: BLE001 - one chunk's failure must not sink the batch
             logger.exception("chunk failed", extra={"request_id": call.request_id, "tasks": len(tasks)})
             problem = f"the front door failed on this chunk (request {call.request_id})"
         logger.warning("chunk failed upstream", extra={"request_id": call.request_id, "tasks": len(tasks), "detail": problem})
         return [error_item(problem)] * len(tasks)
 
+    def _late(self, count: int, because: str = "") -> list[str]:
+        """The error items of ``count`` tasks not predicted before the deadline."""
+        return [error_item(deadline_error(self.settings.predict_deadline), because)] * count
+
 
 def create_front_door(spec_class: type[Spec], upstream: Upstream | None = None, settings: Settings | None = None) -> flask.Flask:
     """The WSGI app of a front door for the function ``spec_class`` describes, calling
     ``upstream`` (by default UPSTREAM_URL over HTTP); ``app.extensions["lsfn"]`` is the FrontDoor."""
-    front_door = FrontDoor(spec_class, upstream, settings)
-    app = flask.Flask(f"lsfn.front-door.{spec_class.__name__}")
-    app.wsgi_app = wsgi_app(front_door)  # type: ignore[method-assign]
-    app.extensions["lsfn"] = front_door
-    return app
+    return flask_app(FrontDoor(spec_class, upstream, settings), f"lsfn.front-door.{spec_class.__name__}")

@@ -73,9 +73,11 @@ class _Fetched:
     timing: Timing  # the fetch phase
 
 
-def error_item(message: str) -> str:
-    """A failed task's item, encoded: no ``result``, so Label Studio stores nothing for it."""
-    return _encode(predict_response([TaskFailure(message)])["results"][0])
+def error_item(error: HTTPError | str, because: str = "") -> str:
+    """A failed task's item, encoded: no ``result``, so Label Studio stores nothing for it.
+    ``because`` adds what led to the error."""
+    message = f"{error.error}: {error.detail}" if isinstance(error, HTTPError) else error
+    return _encode(predict_response([TaskFailure(f"{message}: {because}" if because else message)])["results"][0])
 
 
 def encode_results(items: Sequence[str]) -> bytes:
@@ -170,7 +172,7 @@ class Predictor:
                 if interactive:
                     raise item
                 failed += 1
-                encoded.append(error_item(f"{item.error}: {item.detail}"))
+                encoded.append(error_item(item))
         self.metrics.tasks.labels("failed").inc(failed)
         self.metrics.tasks.labels("predicted").inc(len(items) - failed)
         for name, seconds in timing.phases.items():

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import flask
 from werkzeug.wrappers import Request, Response
 
 from shared.label_config import LabelConfig, parse_label_config
@@ -30,7 +31,7 @@ from shared.runtime.model import Spec
 from shared.runtime.telemetry import Timing
 from shared.settings import Settings
 
-__all__ = ["ACTIONS", "DEADLINE_HEADER", "WEBHOOK_SECRET_HEADER", "Call", "Route", "Service", "json_response", "wsgi_app"]
+__all__ = ["ACTIONS", "DEADLINE_HEADER", "WEBHOOK_SECRET_HEADER", "Call", "Route", "Service", "flask_app", "json_response", "wsgi_app"]
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 _WWW_AUTHENTICATE = 'Basic realm="lsfn", charset="UTF-8"'
@@ -317,4 +318,13 @@ def wsgi_app(service: Service) -> Callable[[dict[str, Any], Any], Any]:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         return service.handle(Request(environ))(environ, start_response)
 
+    return app
+
+
+def flask_app(service: Service, name: str) -> flask.Flask:
+    """A Flask app (what gunicorn and Modal serve) whose every request goes to ``service``;
+    ``app.extensions["lsfn"]`` is the service."""
+    app = flask.Flask(name)
+    app.wsgi_app = wsgi_app(service)  # type: ignore[method-assign]
+    app.extensions["lsfn"] = service
     return app

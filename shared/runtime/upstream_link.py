@@ -51,7 +51,10 @@ def config_key(label_config: str | None) -> str:
 
 
 def _json_fields(answer: Answer) -> dict[str, str]:
-    """The status, error and detail of a runtime's JSON error body (empty when not JSON)."""
+    """The status, error and detail of a runtime's JSON error body (empty for a 2xx-4xx other
+    than 429, and when not JSON): read once per answer."""
+    if answer.status < 500 and answer.status != 429:
+        return {}
     try:
         body = json.loads(answer.body)
     except (ValueError, RecursionError):
@@ -61,16 +64,15 @@ def _json_fields(answer: Answer) -> dict[str, str]:
     return {key: str(body.get(key) or "")[:500] for key in ("status", "error", "detail")}
 
 
-def _loading(answer: Answer) -> bool:
-    fields = _json_fields(answer) if answer.status == 503 else {}
-    return fields.get("status") == "LOADING" or fields.get("error") == "model is loading"
+def _loading(answer: Answer, fields: dict[str, str]) -> bool:
+    return answer.status == 503 and (fields.get("status") == "LOADING" or fields.get("error") == "model is loading")
 
 
-def _retry_after(answer: Answer) -> float | None:
+def _retry_after(answer: Answer, fields: dict[str, str]) -> float | None:
     """Seconds to wait before trying again, or None when the answer is final."""
     if answer.status not in (429, 503):
         return None
-    if _json_fields(answer).get("error") == "deadline":
+    if fields.get("error") == "deadline":
         return None  # the upstream ran out of the time it was given: so has the caller
     header = answer.headers.get("Retry-After")
     if header:
@@ -78,7 +80,7 @@ def _retry_after(answer: Answer) -> float | None:
             return min(max(float(header), 0.1), _RETRY_AFTER_MAX)
         except ValueError:
             return 1.0
-    return 1.0 if _loading(answer) else None
+    return 1.0 if _loading(answer, fields) else None
 
 
 class UpstreamLink:
@@ -192,14 +194,15 @@ class UpstreamLink:
                     self._set(Status.WARMING)
                     pause, backoff = backoff, min(backoff * 2, _BACKOFF_MAX)
                 else:
-                    pause = _retry_after(answer)
+                    fields = _json_fields(answer)
+                    pause = _retry_after(answer, fields)
                     if pause is None or pause >= until - time.monotonic():  # final, or no time to wait
                         self.attempts.labels(route, "answered").inc()
-                        self._answered(answer)
+                        self._answered(answer, fields)
                         if waited_cold:
                             self.cold_waits.observe(time.monotonic() - started)
                         return answer
-                    loading = _loading(answer)
+                    loading = _loading(answer, fields)
                     self.attempts.labels(route, "loading" if loading else "throttled").inc()
                     last_problem = f"upstream answered {answer.status}" + (" (model loading)" if loading else "")
                     if loading:
@@ -210,8 +213,7 @@ class UpstreamLink:
         finally:
             self.latency.labels(route).observe(time.monotonic() - started)
 
-    def _answered(self, answer: Answer) -> None:
-        fields = _json_fields(answer) if answer.status >= 500 else {}
+    def _answered(self, answer: Answer, fields: dict[str, str]) -> None:
         if fields.get("status") == "FAILED" or fields.get("error") == "model failed to load":
             self._set(Status.FAILED, f"the model failed to load: {fields.get('detail', '')}")
         elif answer.status < 500 or fields:
@@ -227,7 +229,7 @@ class UpstreamLink:
 
     # -- waking ------------------------------------------------------------------------------
 
-    def wake(self, setup_body: bytes | None, headers: Mapping[str, str]) -> bool:
+    def wake(self, setup_body: bytes, label_config: str | None, headers: Mapping[str, str]) -> bool:
         """Start the upstream in the background (Label Studio sends a batch right after
         /setup): /health until it is up, then /setup with this body to learn the version it
         gives this label config. At most one wake-up runs, and none while the upstream answered
@@ -239,14 +241,15 @@ class UpstreamLink:
                 return False
             self._waking = True
         try:
-            threading.Thread(target=self._wake, args=(setup_body, dict(headers)), name="lsfn-wake", daemon=True).start()
+            args = (setup_body, label_config, dict(headers))
+            threading.Thread(target=self._wake, args=args, name="lsfn-wake", daemon=True).start()
         except RuntimeError:  # no thread to be had: the next /setup tries again
             with self._lock:
                 self._waking = False
             return False
         return True
 
-    def _wake(self, setup_body: bytes | None, headers: dict[str, str]) -> None:
+    def _wake(self, setup_body: bytes, label_config: str | None, headers: dict[str, str]) -> None:
         try:
             until = time.monotonic() + self.settings.upstream_timeout
             health = self.call("GET", "/health", None, headers, until, "health")
@@ -254,9 +257,8 @@ class UpstreamLink:
                 self.wakeups.labels("failed").inc()
                 return
             self.wakeups.labels("ready").inc()
-            if setup_body is not None:
-                answer = self.call("POST", "/setup", setup_body, {**headers, "Content-Type": "application/json"}, until, "setup")
-                self._learn_version(setup_body, answer)
+            answer = self.call("POST", "/setup", setup_body, {**headers, "Content-Type": "application/json"}, until, "setup")
+            self._learn_version(label_config, answer)
         except Unreachable as exc:
             self.wakeups.labels("unreachable").inc()
             logger.warning("upstream did not wake", extra={"detail": str(exc)})
@@ -267,12 +269,11 @@ class UpstreamLink:
             with self._lock:
                 self._waking = False
 
-    def _learn_version(self, setup_body: bytes, answer: Answer) -> None:
+    def _learn_version(self, label_config: str | None, answer: Answer) -> None:
         if answer.status != 200:
             return
         try:
             version = json.loads(answer.body).get("model_version")
-            label_config = json.loads(setup_body).get("schema")
         except (ValueError, AttributeError, RecursionError):
             return
         if isinstance(version, str):
