@@ -25,7 +25,7 @@ from shared.runtime.upstream import HttpUpstream
 from shared.settings import Settings
 from tests.functions.bright.main import BrightModel
 from tests.servers import Answer, Hit, RecordingServer, free_port
-from tests.serving import Function, call
+from tests.serving import Function, call, network_attempts, network_guard
 from tests.test_runtime_http import PASSWORD, USER, basic, captured, png
 
 ROOT = Path(__file__).parent.parent
@@ -366,9 +366,11 @@ CONFIGS = {"yolo": YOLO, "sam2": BRUSH, "grounding_dino": RECT, "grounding_sam":
 
 @pytest.mark.parametrize("function", sorted(CONFIGS))
 def test_the_front_door_process_imports_no_model_library(function: str, tmp_path: Path, upstream: RecordingServer) -> None:
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_IMPORT_WATCH)
+    """Nor does it reach anything but the upstream on loopback: the network guard refuses and
+    records every other name lookup and connection."""
+    env = network_guard(tmp_path)
+    with (Path(env["PYTHONPATH"]) / "sitecustomize.py").open("a") as fh:
+        fh.write(_IMPORT_WATCH)
     log = tmp_path / "imports.txt"
     # The weights files the functions name: the front door reads only their content hashes.
     models = tmp_path / "models"
@@ -376,7 +378,7 @@ def test_the_front_door_process_imports_no_model_library(function: str, tmp_path
     (models / "grounding-dino-tiny" / "model.safetensors").write_bytes(b"weights")
     (models / "sam2.1_hiera_large.pt").write_bytes(b"weights")
     shutil.copyfile(ROOT / "functions" / "yolo" / "models" / "shapes.pt", models / "shapes.pt")
-    env = {"PYTHONPATH": str(hook), "LSFN_IMPORT_LOG": str(log)}
+    env["LSFN_IMPORT_LOG"] = str(log)
     door = Function(function, tmp_path, env, models, args=("--upstream", upstream.url))
     config = CONFIGS[function]
     try:
@@ -387,12 +389,13 @@ def test_the_front_door_process_imports_no_model_library(function: str, tmp_path
                                    ("POST", "/webhook", captured("req-0079-POST-webhook.json")),
                                    ("GET", "/metrics", None)]:  # fmt: skip
             assert call(method, door.url + path, body).status == 200, (path, call(method, door.url + path, body).data)
-        wait_for(lambda: upstream.paths()[:3] == ["/predict", "/health", "/setup"] or "/setup" in upstream.paths())
+        wait_for(lambda: "/setup" in upstream.paths())  # the wake-up ran too
     finally:
         door.close()
     assert "serving the front door" in door.log_path.read_text()
     lines = log.read_text().splitlines()  # the hook was installed, and saw no model library
     assert lines and all(line.endswith(" watching") for line in lines), lines
+    assert network_attempts(tmp_path) == ""
 
 
 # -- the upstream interface -----------------------------------------------------------------------
