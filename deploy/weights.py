@@ -1,7 +1,10 @@
 """`lsfn weights FUNCTION`: download the weights a function lists in its weights.json and check
 their sha256, for a machine with internet access (an image build, a developer's laptop).
 
-Functions never download at request time; this is the one place weights are fetched.
+Functions never download at request time; this is the one place weights are fetched. A local
+folder (``--from``) is looked in first, so an image can bake weights without reaching their
+host, and a manifest (``--manifest``) records what was placed: each file's sha256, size and
+whether the list pins it. The front door's image carries that manifest instead of the files.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared.weights import file_sha256
+from shared.weights import file_sha256, write_manifest
 
 __all__ = ["WeightsFetchError", "fetch_weights", "listed_weights", "listing_for"]
 
@@ -38,34 +41,68 @@ def listing_for(function: str) -> Path:
 
 
 def fetch_weights(listing: Path, dest: Path, mirror: str | None = None, timeout: float = 60.0,
-                  only: Sequence[str] = ()) -> list[str]:  # fmt: skip
-    """Download every non-shipped entry of ``listing`` (or those named in ``only``) into
-    ``dest``; lines to print. A file already there with the listed sha256 is kept. ``mirror``
-    replaces each URL's directory."""
+                  only: Sequence[str] = (), local: Path | None = None,
+                  manifest: Path | None = None, size: str | None = None) -> list[str]:  # fmt: skip
+    """Place every entry of ``listing`` but the optional ones (or those named in ``only``) into ``dest``; lines to
+    print. A file already there with the listed sha256 is kept; otherwise it is copied from
+    ``local`` when that folder holds it, from the function's folder when it is shipped with
+    it, else downloaded (``mirror`` replaces each URL's directory). ``manifest``: where to
+    write what was placed (``MANIFEST`` in ``dest`` is where the runtime reads it). ``size``:
+    of the entries that have one (SAM 2's checkpoints), the one of that size instead of the
+    default."""
     entries = listed_weights(listing)
     unknown = set(only) - {entry["name"] for entry in entries}
     if unknown:
         listed = ", ".join(entry["name"] for entry in entries)
         raise WeightsFetchError(f"{', '.join(sorted(unknown))} not in {listing} (it lists {listed})")
-    entries = [entry for entry in entries if not only or entry["name"] in only]
+    sizes = sorted({entry["size"] for entry in entries if "size" in entry})
+    if size is not None and sizes and size not in sizes:
+        raise WeightsFetchError(f"no weights of size {size!r} in {listing} (sizes: {', '.join(sizes) or 'none'})")
+
+    def wanted(entry: dict) -> bool:
+        if only:
+            return entry["name"] in only
+        if size is not None and "size" in entry:
+            return entry["size"] == size
+        return not entry.get("optional")  # other model sizes only when asked for
+
+    entries = [entry for entry in entries if wanted(entry)]
     dest.mkdir(parents=True, exist_ok=True)
-    report = []
+    report, placed = [], []
     for entry in entries:
-        if entry.get("shipped") or not entry.get("url"):
-            continue
         name, pinned = entry["name"], entry.get("sha256")
         target = dest / name
-        if pinned and target.is_file() and file_sha256(target) == pinned:
-            report.append(f"{name}: present, sha256 ok")
-            continue
-        url = f"{mirror.rstrip('/')}/{name}" if mirror else entry["url"]
         target.parent.mkdir(parents=True, exist_ok=True)  # a model folder's files: "folder/file"
-        digest = _download(url, target, timeout)
+        source = _local_source(entry, listing, local)
+        if pinned and target.is_file() and file_sha256(target) == pinned:
+            digest, how = pinned, "present"
+        elif source is not None:
+            if source.resolve() != target.resolve():
+                shutil.copyfile(source, target)
+            digest, how = file_sha256(target), f"from {source.parent}"
+        elif entry.get("url"):
+            url = f"{mirror.rstrip('/')}/{name}" if mirror else entry["url"]
+            digest, how = _download(url, target, timeout, local / name if local else None), f"from {url}"
+        else:
+            continue  # shipped with a function that is not here: nothing to place
         if pinned and digest != pinned:
             target.unlink()
-            raise WeightsFetchError(f"{name}: sha256 {digest} from {url} is not the listed {pinned}; file removed")
-        report.append(f"{name}: sha256 {digest}" + ("" if pinned else " (not pinned in weights.json: record it)"))
+            raise WeightsFetchError(f"{name}: sha256 {digest} ({how}) is not the listed {pinned}; file removed")
+        report.append(f"{name}: {how}, sha256 {'ok' if pinned else digest + ' (not pinned in the list: record it)'}")
+        placed.append({"name": name, "sha256": digest, "bytes": target.stat().st_size, "pinned": bool(pinned)})
+    if manifest is not None:
+        write_manifest(manifest, placed)
+        report.append(f"manifest: {manifest} ({len(placed)} files)")
     return report
+
+
+def _local_source(entry: dict, listing: Path, local: Path | None) -> Path | None:
+    """Where a local copy of an entry lies: the --from folder, or the function's own models/
+    folder for a file shipped with it."""
+    candidates = [local / entry["name"]] if local is not None else []
+    if entry.get("shipped"):
+        candidates.append(listing.parent / "models" / entry["name"])
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def listed_weights(listing: Path, _seen: frozenset[Path] = frozenset()) -> list[dict]:
@@ -82,7 +119,8 @@ def listed_weights(listing: Path, _seen: frozenset[Path] = frozenset()) -> list[
     return entries
 
 
-def _download(url: str, target: Path, timeout: float) -> str:
+def _download(url: str, target: Path, timeout: float, local: Path | None) -> str:
+    """Download ``url`` to ``target``; its sha256. ``local``: where a local copy would have been looked for."""
     digest = hashlib.sha256()
     # Written beside the target and renamed: an interrupted download never looks complete.
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as part:
@@ -94,9 +132,10 @@ def _download(url: str, target: Path, timeout: float) -> str:
         except (urllib.error.URLError, OSError) as exc:
             Path(part.name).unlink(missing_ok=True)
             reason = getattr(exc, "reason", exc)
+            where = f"put it at {local}" if local else f"copy the file into {target.parent} yourself"
             raise WeightsFetchError(
-                f"cannot download {target.name} from {url}: {reason}. Without access to it, copy the "
-                f"file into {target.parent} yourself (functions never download weights)"
+                f"cannot download {target.name} from {url}: {reason}. Without access to it, {where} "
+                "(functions never download weights)"
             ) from None
     shutil.move(part.name, target)
     return digest.hexdigest()

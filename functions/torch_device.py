@@ -1,15 +1,76 @@
-"""The torch device every model function runs on, from DEVICE (auto, cpu, cuda, mps)."""
+"""The torch device every model function runs on, from DEVICE (auto, cpu, cuda, mps), and the
+refusal to run on the CPU by accident where a GPU was paid for.
+
+A torch built for a newer CUDA than the machine's NVIDIA driver supports sees no GPU at all
+(PyPI's torch is built for CUDA 13, which needs a >= 580 driver; Cloud Run's L4 runs 535). With
+``auto`` that used to mean predicting on the CPU at GPU prices: when the machine has an NVIDIA
+driver and this torch was built for CUDA, a torch that cannot use it is an error naming both.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+__all__ = ["DeviceError", "nvidia_driver", "pick_device"]
+
+# The kernel module's version file: present where an NVIDIA GPU is attached (Cloud Run, Modal,
+# any machine with the driver loaded), also inside containers.
+DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")
+# The oldest driver each CUDA major release runs on (NVIDIA's minor-version compatibility:
+# a CUDA 12.x build runs on any 525+ driver, 13.x on 580+).
+MIN_DRIVER = {12: 525, 13: 580}
+
+
+class DeviceError(RuntimeError):
+    """The device DEVICE asks for cannot be used; the model does not load and /health says why."""
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver's version (``535.104.05``) when one is loaded, else None."""
+    try:
+        text = DRIVER_VERSION_FILE.read_text()
+    except OSError:
+        return None
+    found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text) or re.search(r"\b(\d{3}\.\d+(?:\.\d+)?)\b", text)
+    return found.group(1) if found else "unknown"
+
+
+def _unusable_gpu(torch_module: object, setting: str) -> str:
+    """Why this torch cannot use the GPU, in terms a deployer can act on."""
+    torch_version = torch_module.__version__  # type: ignore[attr-defined]
+    built_for = torch_module.version.cuda  # type: ignore[attr-defined]
+    driver = nvidia_driver()
+    if built_for is None:
+        return f"DEVICE={setting}: torch {torch_version} is a CPU build; build the image with a CUDA torch (--build-arg TORCH=cu126)"
+    needs = MIN_DRIVER.get(int(built_for.split(".")[0]))
+    need = f" (needs an NVIDIA driver >= {needs})" if needs else ""
+    if driver is None:
+        return f"DEVICE={setting}: torch {torch_version} is built for CUDA {built_for}{need}, and no NVIDIA driver is loaded (no GPU attached)"
+    major = driver.split(".")[0]
+    if needs and major.isdigit() and int(major) < needs:
+        return (f"DEVICE={setting}: torch {torch_version} is built for CUDA {built_for}{need}, and this machine's "
+                f"NVIDIA driver is {driver}: build the image with --build-arg TORCH=cu126 (CUDA 12.6 runs on drivers >= 525)")  # fmt: skip
+    return f"DEVICE={setting}: torch {torch_version} (CUDA {built_for}) cannot use the GPU of NVIDIA driver {driver}"
+
 
 def pick_device(setting: str) -> str:
-    """``auto`` is CUDA when there is one, else the CPU. On CUDA, matmuls and convolutions may
-    use TF32 (Ampere and later; as Meta's SAM 2 notebooks and label-studio-ml-backend run)."""
+    """``auto`` is CUDA when there is one, else the CPU, except where an NVIDIA driver is loaded
+    and torch was built for CUDA but cannot use it: that, and ``cuda`` without a usable GPU,
+    raise DeviceError. On CUDA, matmuls and convolutions may use TF32 (Ampere and later; as
+    Meta's SAM 2 notebooks and label-studio-ml-backend run)."""
     import torch
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if setting == "auto" else setting
-    if device == "cuda":
+    usable = torch.cuda.is_available()
+    if setting == "auto":
+        if not usable and torch.version.cuda is not None and nvidia_driver() is not None:
+            raise DeviceError(_unusable_gpu(torch, setting))
+        device = "cuda" if usable else "cpu"
+    else:
+        device = setting
+    if device.startswith("cuda"):
+        if not usable:
+            raise DeviceError(_unusable_gpu(torch, setting))
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device

@@ -118,19 +118,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command")
     serve_cmd = commands.add_parser("serve", help="serve a function locally")
-    serve_cmd.add_argument("function", help="a folder under functions/ or the path of a function module")
+    # An image names its function and address in its environment: its command is `lsfn serve`.
+    serve_cmd.add_argument("function", nargs="?" if os.environ.get("LSFN_FUNCTION") else None,
+                           default=os.environ.get("LSFN_FUNCTION"),
+                           help="a folder under functions/ or the path of a function module (default: LSFN_FUNCTION)")
     serve_cmd.add_argument("--port", type=int, default=int(os.environ.get("PORT", 9090)))
-    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    serve_cmd.add_argument("--host", default=os.environ.get("LSFN_HOST", "127.0.0.1"),
+                           help="address to listen on (default: LSFN_HOST, else 127.0.0.1; images set 0.0.0.0)")
     serve_cmd.add_argument("--upstream", default=os.environ.get("UPSTREAM_URL"), metavar="URL",
                            help="serve the function's front door (no model) forwarding to the function at URL "
                                 "(default: UPSTREAM_URL)")
+    serve_cmd.add_argument("--front-door", action="store_true",
+                           help="serve only the front door: refuse to start without an upstream URL")
     weights_cmd = commands.add_parser("weights", help="download and check the weights a function lists")
     weights_cmd.add_argument("function", help="a folder under functions/ (yolo) or the path of a weights.json")
     weights_cmd.add_argument("--dest", type=Path, default=Path(os.environ.get("MODEL_ROOT", "models")),
                              help="where to put them (default: MODEL_ROOT, else ./models)")
     weights_cmd.add_argument("--mirror", help="a base URL serving the same file names instead of the listed URLs")
     weights_cmd.add_argument("--only", action="append", default=[], metavar="NAME",
-                             help="fetch only this file (repeatable), e.g. sam2.1_hiera_large.pt")
+                             help="fetch only this file (repeatable), e.g. sam2.1_hiera_tiny.pt (optional "
+                                  "files are fetched only when named)")
+    weights_cmd.add_argument("--from", dest="local", type=Path, metavar="FOLDER",
+                             help="take the files this folder holds (laid out as in --dest) instead of downloading")
+    weights_cmd.add_argument("--size", help="the model size to fetch where the list has several (SAM 2: tiny, "
+                                            "small, base_plus, large)")
+    weights_cmd.add_argument("--manifest", type=Path,
+                             help="write what was placed (names, sha256, sizes) to this JSON file")
     connect_cmd = commands.add_parser("connect", help="connect a function to a Label Studio project")
     connect_cmd.add_argument("url", help="the function's URL, as Label Studio reaches it")
     connect_cmd.add_argument("--project", type=int, required=True, help="the Label Studio project id")
@@ -151,13 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         print(version("lsfn"))
         return 0
     if args.command == "serve":
+        if args.front_door and not args.upstream:
+            print("lsfn: the front door needs the function's URL: set UPSTREAM_URL (or --upstream)", file=sys.stderr)
+            return 2
         serve(args.function, args.host, args.port, args.upstream)
         return 0
     if args.command == "weights":
         from deploy.weights import WeightsFetchError, fetch_weights, listing_for
 
         try:
-            for line in fetch_weights(listing_for(args.function), args.dest, args.mirror, only=args.only):
+            lines = fetch_weights(listing_for(args.function), args.dest, args.mirror, only=args.only,
+                                  local=args.local, manifest=args.manifest, size=args.size)  # fmt: skip
+            for line in lines:
                 print(line)
         except WeightsFetchError as exc:
             print(f"lsfn: {exc}", file=sys.stderr)

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     model_score_threshold: float = Field(0.5, ge=0.0, le=1.0, validation_alias=_env("MODEL_SCORE_THRESHOLD"))
     # Where the image keeps its weights (label-studio-ml-backend's name and default).
     model_root: Path = Field(Path("/app/models"), validation_alias=_env("MODEL_ROOT"))
+    # What the image holds (function, torch build, weights; deploy/image_info.py writes it at
+    # build time): reported on /health to authenticated callers. Absent outside an image.
+    image_info: Path = Field(Path("/app/image.json"), validation_alias=_env("IMAGE_INFO"))
 
     # Limits and backpressure.
     max_body_bytes: int = Field(16 * MiB, gt=0, validation_alias=_env("MAX_BODY_BYTES"))

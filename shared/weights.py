@@ -4,15 +4,27 @@ short content hash that names a model version.
 ``model_path`` comes from the project's label config, which any project admin writes: it is
 resolved inside the weights directory and nothing outside it (``../``, an absolute path
 elsewhere, a symlink pointing out) is ever opened.
+
+A weights directory may hold a manifest (``weights-manifest.json``, written by ``lsfn weights
+--manifest``): each file's sha256 and size. The front door's image carries the manifest of its
+function's image instead of the files: a file the manifest lists counts as present, and its
+content hash is the listed one, so the front door answers the same versions without the GBs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from pathlib import Path
+from typing import Any
 
-__all__ = ["WeightsError", "content_hash", "file_sha256", "resolve_weights"]
+__all__ = [
+    "MANIFEST", "WeightsError", "content_hash", "file_sha256", "listed_file", "read_manifest", "resolve_weights",
+    "weights_file", "weights_folder", "write_manifest",
+]  # fmt: skip
+
+MANIFEST = "weights-manifest.json"
 
 
 class WeightsError(ValueError):
@@ -28,9 +40,75 @@ def resolve_weights(root: Path, name: str) -> Path:
     path = (base / name).resolve()  # follows symlinks: a link out of the directory is caught
     if not path.is_relative_to(base):
         raise WeightsError(f"model_path {name!r} points outside the weights directory (MODEL_ROOT)")
-    if not path.is_file():
+    if not weights_file(path):
         raise WeightsError(f"model_path {name!r}: no such weights file in the weights directory ({base})")
     return path
+
+
+def write_manifest(path: Path, files: list[dict[str, Any]]) -> None:
+    """Record placed weights: ``files`` holds name (relative to the manifest's folder), sha256,
+    bytes and whether the weights list pins the hash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"files": sorted(files, key=lambda f: f["name"])}, indent=2) + "\n")
+
+
+def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    """A manifest's entries by file name; an unreadable manifest is a WeightsError."""
+    try:
+        document = json.loads(path.read_text())
+        return {entry["name"]: entry for entry in document["files"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"weights manifest {path} is unreadable: {exc}") from None
+
+
+_manifests: dict[tuple[Path, int], dict[str, dict[str, Any]]] = {}
+
+
+def _nearest_manifest(path: Path) -> tuple[Path, dict[str, dict[str, Any]]] | None:
+    """The folder of the manifest nearest above ``path`` and its entries."""
+    for folder in path.parents:
+        manifest = folder / MANIFEST
+        try:
+            mtime = manifest.stat().st_mtime_ns
+        except OSError:
+            continue
+        key = (manifest, mtime)
+        with _hash_lock:
+            entries = _manifests.get(key)
+        if entries is None:
+            entries = read_manifest(manifest)
+            with _hash_lock:
+                _manifests[key] = entries
+        return folder, entries
+    return None
+
+
+def listed_file(path: Path) -> dict[str, Any] | None:
+    """The manifest entry of ``path`` when the file is absent but listed (the front door's image)."""
+    if path.exists():
+        return None
+    found = _nearest_manifest(path.absolute())
+    if found is None:
+        return None
+    folder, entries = found
+    return entries.get(path.absolute().relative_to(folder).as_posix())
+
+
+def weights_file(path: Path) -> bool:
+    """A weights file that is there, or listed in the manifest of the directory it would be in."""
+    return path.is_file() or listed_file(path) is not None
+
+
+def weights_folder(path: Path) -> bool:
+    """A model folder that is there, or whose files the manifest lists."""
+    if path.is_dir():
+        return True
+    found = None if path.exists() else _nearest_manifest(path.absolute())
+    if found is None:
+        return False
+    folder, entries = found
+    prefix = path.absolute().relative_to(folder).as_posix() + "/"
+    return any(name.startswith(prefix) for name in entries)
 
 
 def file_sha256(path: Path) -> str:
@@ -46,7 +124,11 @@ _hash_lock = threading.Lock()
 
 def content_hash(path: Path, length: int = 8) -> str:
     """A short sha256 of the file, computed once per (path, size, mtime); concurrent callers
-    wait for the one computing it (a checkpoint of a GB takes seconds)."""
+    wait for the one computing it (a checkpoint of a GB takes seconds). An absent file that a
+    manifest lists has the listed hash."""
+    listed = listed_file(path)
+    if listed is not None:
+        return str(listed["sha256"])[:length]
     stat = path.stat()
     key = (path, stat.st_size, stat.st_mtime_ns)
     with _hash_lock:

@@ -71,3 +71,84 @@ def test_an_unreachable_source_is_explained(tmp_path: Path) -> None:
 def test_an_unknown_function_is_named() -> None:
     done = lsfn("weights", "nope")
     assert done.returncode == 1 and "no weights list for 'nope'" in done.stderr
+
+
+def test_a_local_folder_is_used_before_the_url_and_a_manifest_records_it(tmp_path: Path) -> None:
+    """How an image bakes weights without reaching their host: --from a folder, checked
+    against the pinned hash like a download, and --manifest recording what was placed."""
+    data = b"local weights" * 100
+    local = tmp_path / "local"
+    (local / "folder").mkdir(parents=True)
+    (local / "folder" / "m.pt").write_bytes(data)
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    entries = [{"name": "folder/m.pt", "url": f"{unreachable}/m.pt", "sha256": hashlib.sha256(data).hexdigest()},
+               {"name": "extra.pt", "url": f"{unreachable}/extra.pt", "sha256": None, "optional": True}]  # fmt: skip
+    listing_path = tmp_path / "weights.json"
+    listing_path.write_text(json.dumps({"weights": entries}))
+    dest, manifest = tmp_path / "models", tmp_path / "models" / "weights-manifest.json"
+    done = lsfn("weights", str(listing_path), "--dest", str(dest), "--from", str(local), "--manifest", str(manifest))
+    assert done.returncode == 0, done.stderr
+    assert (dest / "folder" / "m.pt").read_bytes() == data and not (dest / "extra.pt").exists()  # optional: skipped
+    recorded = json.loads(manifest.read_text())["files"]
+    assert recorded == [{"name": "folder/m.pt", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "pinned": True}]
+    # A local file with other bytes is refused like a bad download.
+    (local / "folder" / "m.pt").write_bytes(b"tampered")
+    (dest / "folder" / "m.pt").unlink()
+    refused = lsfn("weights", str(listing_path), "--dest", str(dest), "--from", str(local))
+    assert refused.returncode == 1 and "is not the listed" in refused.stderr
+    # An optional file is fetched when named; unreachable, the message says where a copy goes.
+    named = lsfn("weights", str(listing_path), "--dest", str(dest), "--from", str(local), "--only", "extra.pt")
+    assert named.returncode == 1 and f"put it at {local / 'extra.pt'}" in named.stderr
+
+
+def test_a_size_picks_that_checkpoint_instead_of_the_default(tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    local.mkdir()
+    entries = []
+    for size, optional in (("tiny", True), ("large", False)):
+        (local / f"{size}.pt").write_bytes(size.encode())
+        entries.append({"name": f"{size}.pt", "size": size, "url": "http://127.0.0.1:9/x", "sha256": None, "optional": optional})
+    listing_path = tmp_path / "weights.json"
+    listing_path.write_text(json.dumps({"weights": entries}))
+    dest = tmp_path / "models"
+    assert lsfn("weights", str(listing_path), "--dest", str(dest), "--from", str(local), "--size", "tiny").returncode == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["tiny.pt"]
+    wrong = lsfn("weights", str(listing_path), "--dest", str(dest), "--from", str(local), "--size", "huge")
+    assert wrong.returncode == 1 and "no weights of size 'huge'" in wrong.stderr and "(sizes: large, tiny)" in wrong.stderr
+
+
+def test_the_sam2_list_bakes_one_size_unless_others_are_named() -> None:
+    from deploy.weights import listed_weights, listing_for
+
+    default = [e["name"] for e in listed_weights(listing_for("sam2")) if not e.get("optional")]
+    assert default == ["sam2.1_hiera_large.pt"]
+
+
+def test_every_listed_download_is_pinned() -> None:
+    from deploy.weights import listed_weights, listing_for
+
+    for function in ("yolo", "sam2", "grounding_dino", "grounding_sam"):
+        for entry in listed_weights(listing_for(function)):
+            assert entry.get("sha256") and len(entry["sha256"]) == 64, (function, entry["name"])
+
+
+def test_the_image_info_records_torch_and_the_manifest(tmp_path: Path) -> None:
+    import torch
+
+    manifest = tmp_path / "weights-manifest.json"
+    manifest.write_text(json.dumps({"files": [{"name": "m.pt", "sha256": "ab" * 32, "bytes": 3, "pinned": True}]}))
+    done = subprocess.run([sys.executable, "-m", "deploy.image_info", "yolo", "--torch-build", "cu126", "--manifest", str(manifest)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    info = json.loads(done.stdout)
+    assert info["function"] == "yolo" and info["torch"]["version"] == torch.__version__
+    assert info["torch"]["cuda"] == torch.version.cuda and info["torch"]["build"] == "cu126"
+    assert info["weights"][0]["name"] == "m.pt"
+
+
+def test_the_front_door_refuses_to_start_without_an_upstream() -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "UPSTREAM_URL"}
+    done = subprocess.run([sys.executable, "-m", "shared.cli", "serve", "yolo", "--front-door"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 2 and "UPSTREAM_URL" in done.stderr

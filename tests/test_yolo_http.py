@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -454,3 +455,17 @@ def test_taxonomy_gets_a_taxonomy_result(yolo: Function, label_studio: Recording
     (result,) = item["result"]
     names = {"circle": "Circle", "square": "Square", "triangle": "Triangle"}
     assert result["type"] == "taxonomy" and result["value"]["taxonomy"] == [[names[shapes[0].kind]]]
+
+
+def test_a_gpu_that_cannot_be_used_fails_health_with_the_reason(tmp_path: Path, weights: Path) -> None:
+    """DEVICE=cuda on a machine whose torch sees no GPU: /health says FAILED and why, instead of
+    the function predicting on the CPU."""
+    fn = Function("yolo", tmp_path, {"DEVICE": "cuda", **yolo_models.offline_env()}, weights)
+    try:
+        deadline = time.monotonic() + 60
+        while (health := call("GET", fn.url + "/health")).json()["status"] == "LOADING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert health.status == 503 and health.json()["status"] == "FAILED"
+        assert "DEVICE=cuda" in health.json()["detail"] and "no NVIDIA driver" in health.json()["detail"]
+    finally:
+        fn.close()

@@ -16,7 +16,7 @@ from functions.grounding_dino.detector import Detector
 from functions.grounding_dino.spec import GroundingDinoSpec, output_box_control
 from functions.torch_device import pick_device
 from shared import coords, results
-from shared.runtime import Batch, Model, Prediction, create_app, http_target
+from shared.runtime import Batch, Model, Prediction, create_app, http_target, warmup_image
 
 
 class GroundingDinoModel(GroundingDinoSpec, Model):
@@ -29,10 +29,9 @@ class GroundingDinoModel(GroundingDinoSpec, Model):
         self.model_version = self.version_for(None)  # type: ignore[misc]
 
     def warmup(self) -> None:
-        import numpy as np
-
         assert self.detector.engine is not None
-        self.detector.engine.detect([np.zeros((64, 64, 3), dtype=np.uint8)], "object .", 1.0, 1.0)
+        options = self.detector.options
+        self.detector.engine.detect([warmup_image()], "object .", options.box_threshold, options.text_threshold)
 
     def predict(self, batch: Batch) -> Sequence[Prediction]:
         control = output_box_control(batch.label_config, batch.context)

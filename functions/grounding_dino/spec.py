@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.label_config import Control, LabelConfig
 from shared.protocol import Context
 from shared.runtime.model import Spec
-from shared.weights import WeightsError, content_hash
+from shared.weights import WeightsError, content_hash, weights_file, weights_folder
 
 __all__ = ["DEFAULT_MODEL", "DinoSettings", "GroundingDinoSpec", "dino_version", "dino_weights", "model_folder", "output_box_control", "spec"]
 
@@ -41,7 +41,7 @@ class DinoSettings(BaseSettings):
 def model_folder(weights_dir: Path, name: str) -> Path:
     """GROUNDING_DINO_MODEL as a folder: inside the weights directory, or an absolute path."""
     path = Path(name) if Path(name).is_absolute() else weights_dir / name
-    if not path.is_dir():
+    if not weights_folder(path):
         raise WeightsError(f"GROUNDING_DINO_MODEL: no model folder {path} (lsfn weights grounding_dino --dest <MODEL_ROOT>)")
     return path
 
@@ -56,7 +56,7 @@ def output_box_control(config: LabelConfig, context: Context | None) -> Control:
 def dino_weights(weights_dir: Path, options: DinoSettings) -> list[Path]:
     """The weights file in the model folder the settings name (none for a folder without one)."""
     weights = model_folder(weights_dir, options.model) / "model.safetensors"
-    return [weights] if weights.is_file() else []
+    return [weights] if weights_file(weights) else []
 
 
 def dino_version(weights_dir: Path, options: DinoSettings) -> str:

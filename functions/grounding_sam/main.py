@@ -22,7 +22,7 @@ from functions.torch_device import pick_device
 from shared import results
 from shared.label_config import Control
 from shared.prompts import mask_control
-from shared.runtime import Batch, Model, Prediction, create_app, http_target
+from shared.runtime import Batch, Model, Prediction, create_app, http_target, warmup_image
 
 # Boxes decoded together: all of an image's boxes in one call up to this many (each box repeats
 # the image's features in the decoder, so this bounds its memory).
@@ -43,9 +43,11 @@ class GroundingSamModel(GroundingSamSpec, Model):
 
     def warmup(self) -> None:
         assert self.detector.engine is not None and self.sam is not None
-        blank = np.zeros((64, 64, 3), dtype=np.uint8)
-        self.detector.engine.detect([blank], "object .", 1.0, 1.0)
-        self.sam.segment(self.sam.embed(blank), np.zeros((0, 2)), np.zeros(0, dtype=bool), np.array([[8.0, 8.0, 40.0, 40.0]]), False)
+        frame, options = warmup_image(), self.detector.options
+        self.detector.engine.detect([frame], "object .", options.box_threshold, options.text_threshold)
+        height, width = frame.shape[:2]
+        box = np.array([[width / 4, height / 4, 3 * width / 4, 3 * height / 4]])
+        self.sam.segment(self.sam.embed(frame), np.zeros((0, 2)), np.zeros(0, dtype=bool), box, False)
 
     def predict(self, batch: Batch) -> Sequence[Prediction]:
         control = mask_control(batch.label_config)

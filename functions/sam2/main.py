@@ -18,7 +18,7 @@ from shared import results
 from shared.label_config import Control
 from shared.prompts import PROMPT_TYPES, mask_control, output_label, prompts_for
 from shared.protocol import Context
-from shared.runtime import Batch, Model, Prediction, create_app, http_target
+from shared.runtime import Batch, Model, Prediction, create_app, http_target, warmup_image
 
 
 def _displayed_size(context: Context | None, object_name: str) -> tuple[int, int] | None:
@@ -46,8 +46,11 @@ class Sam2Model(Sam2Spec, Model):
         import numpy as np
 
         assert self.engine is not None
-        embedding = self.engine.embed(np.zeros((64, 64, 3), dtype=np.uint8))
-        self.engine.segment(embedding, np.array([[32.0, 32.0]]), np.array([True]), np.zeros((0, 4)), multimask=True)
+        frame = warmup_image()
+        embedding = self.engine.embed(frame)
+        # A click, as an annotator's first one, in the middle of the frame.
+        middle = np.array([[frame.shape[1] / 2, frame.shape[0] / 2]])
+        self.engine.segment(embedding, middle, np.array([True]), np.zeros((0, 4)), multimask=True)
 
     def predict(self, batch: Batch) -> Sequence[Prediction]:
         control = mask_control(batch.label_config, batch.context)

@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.label_config import LabelConfig
 from shared.prompts import mask_control
 from shared.runtime.model import Spec
-from shared.weights import WeightsError, content_hash, resolve_weights
+from shared.weights import WeightsError, content_hash, resolve_weights, weights_file
 
 __all__ = ["SIZES", "Sam2Settings", "Sam2Spec", "checkpoint_path", "sam2_checkpoint", "sam2_version", "spec"]
 
@@ -59,7 +59,7 @@ def checkpoint_path(weights_dir: Path, name: str) -> Path:
     whoever deploys the function, as label-studio-ml-backend allows)."""
     path = Path(name)
     if path.is_absolute():
-        if not path.is_file():
+        if not weights_file(path):
             raise WeightsError(f"MODEL_CHECKPOINT {name!r}: no such file")
         return path
     try:

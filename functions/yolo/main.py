@@ -24,11 +24,12 @@ os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.gettempdir())  # it adds "Ultr
 import numpy as np  # noqa: E402
 
 from functions.yolo.controls import Plan, regions, tracker_config  # noqa: E402
+from functions.torch_device import pick_device  # noqa: E402
 from functions.yolo.spec import YoloSpec  # noqa: E402
 from shared import coords, results  # noqa: E402
 from shared.images import FetchError  # noqa: E402
 from shared.protocol import TaskFailure  # noqa: E402
-from shared.runtime import Batch, Model, Prediction, TaskError, TaskInput, create_app, http_target  # noqa: E402
+from shared.runtime import Batch, Model, Prediction, TaskError, TaskInput, create_app, http_target, warmup_image  # noqa: E402
 from shared.runtime.logs import logger  # noqa: E402
 from shared.ssrf import ForbiddenURL  # noqa: E402
 from shared.weights import WeightsError, resolve_weights  # noqa: E402
@@ -42,7 +43,6 @@ class YoloModel(YoloSpec, Model):
         self._lock = threading.Lock()
 
     def setup(self) -> None:
-        import torch
         from PIL import Image
 
         pillow_open = Image.open
@@ -53,10 +53,7 @@ class YoloModel(YoloSpec, Model):
         # are decoded by shared.image_decode, which answers an unreadable one with a 422).
         Image.open = pillow_open
         self._yolo = YOLO
-        device = self.settings.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = device
+        self.device = pick_device(self.settings.device)
         # Load the weights shipped in the image now, so the first request does not wait for them.
         # One unloadable file must not take the function down: a request naming it gets a 422.
         for path in self.weight_files(None):
@@ -66,10 +63,13 @@ class YoloModel(YoloSpec, Model):
                 logger.warning("weights not preloaded", extra={"weights": path.name, "detail": str(exc)[:500]})
 
     def warmup(self) -> None:
-        blank = np.zeros((64, 64, 3), dtype=np.uint8)
+        frame = np.ascontiguousarray(warmup_image()[:, :, ::-1])  # BGR, as predict passes it
+        options: dict[str, Any] = {"device": self.device, "verbose": False}
+        if self.options.image_size:
+            options["imgsz"] = self.options.image_size
         for path, (model, lock) in list(self._models.items()):
             with lock:
-                model.predict([blank], device=self.device, verbose=False, imgsz=64)
+                model.predict([frame], **options)
 
     def _model(self, path: Path) -> tuple[Any, threading.Lock]:
         """The loaded model for a weights file, kept in a small LRU."""

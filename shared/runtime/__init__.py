@@ -2,6 +2,6 @@
 
 from shared.runtime.app import Runtime, create_app, http_target
 from shared.runtime.errors import TaskError
-from shared.runtime.model import Batch, Model, Prediction, Spec, TaskInput
+from shared.runtime.model import Batch, Model, Prediction, Spec, TaskInput, warmup_image
 
-__all__ = ["Batch", "Model", "Prediction", "Runtime", "Spec", "TaskError", "TaskInput", "create_app", "http_target"]
+__all__ = ["Batch", "Model", "Prediction", "Runtime", "Spec", "TaskError", "TaskInput", "create_app", "http_target", "warmup_image"]

@@ -64,7 +64,8 @@ class Runtime(Service):
 
     def health(self, call: Call) -> Response:
         state = self.loader.state
-        body: dict[str, Any] = {"model_class": self.model.model_class, "model_version": self.model.model_version}
+        body: dict[str, Any] = {"model_class": self.model.model_class, "model_version": self.model.model_version,
+                                **self.image_detail(call)}  # fmt: skip
         if state is State.READY:
             return json_response(200, {"status": "UP", **body})
         if state is State.FAILED:

@@ -102,7 +102,7 @@ class FrontDoor(Service):
             # The reason may name files inside the GPU function's image.
             upstream["detail"] = reason if call.authorized else "see the front door's log or ask with credentials"
         body = {"status": "UP", "model_class": self.spec.model_class, "model_version": self.spec.model_version,
-                "role": "front door", "upstream": upstream}  # fmt: skip
+                "role": "front door", "upstream": upstream, **self.image_detail(call)}  # fmt: skip
         return json_response(200, body)
 
     def on_setup(self, call: Call) -> None:

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
+import numpy as np
+
 from shared.image_decode import DecodedImage
 from shared.label_config import LabelConfig
 from shared.protocol import Context, PredictRequest, Task, TaskFailure, WebhookEvent
 from shared.runtime.telemetry import Telemetry
 from shared.settings import Settings
 
-__all__ = ["Batch", "ImageSource", "Model", "Prediction", "Spec", "TaskInput"]
+__all__ = ["WARMUP_SIZE", "Batch", "ImageSource", "Model", "Prediction", "Spec", "TaskInput", "warmup_image"]
 
 # One task's answer: a prediction (shared.results.prediction), several predictions (Label Studio
 # stores each), or a TaskFailure for that task alone.
@@ -129,6 +131,19 @@ class Spec:
         """The weights files in the weights directory behind the model version of a label
         config (without one: every file the function would load), for their content hashes."""
         return []
+
+
+# The frame warm-ups run on: 1280 x 720, the size of a typical photo or video frame an annotator
+# labels. Each model resizes it to its own input size (YOLO 640, SAM 2 1024, Grounding DINO
+# 800 x 1333), so the kernels that size needs are chosen before the first request, not during it.
+WARMUP_SIZE = (1280, 720)
+
+
+def warmup_image(size: tuple[int, int] = WARMUP_SIZE) -> np.ndarray:
+    """A deterministic RGB noise image (width, height): detectors see candidates in it, so the
+    warm-up runs their post-processing too, as a real image would."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
 
 
 class Model(Spec):

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import flask
@@ -92,6 +93,16 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
     return Response(data, status=status, headers=headers, mimetype="application/json")
 
 
+def _read_image_info(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("image info unreadable", extra={"path": str(path), "detail": str(exc)[:300]})
+        return None
+
+
 class Service:
     """A server for Label Studio's routes around a ``Spec``: /setup and /webhook are the same
     everywhere; subclasses answer /health, /versions and /predict and say where webhook events go."""
@@ -101,6 +112,7 @@ class Service:
         self.metrics = metrics
         self.spec = spec
         self._large_bodies = threading.BoundedSemaphore(_LARGE_BODIES_AT_ONCE)
+        self._image = _read_image_info(settings.image_info)
         if self.settings.webhook_secret and self.settings.basic_auth is None:
             logger.warning("WEBHOOK_SECRET is set without BASIC_AUTH_USER/BASIC_AUTH_PASS: only /webhook is protected")
         get, post = frozenset({"GET", "HEAD"}), frozenset({"POST"})
@@ -116,6 +128,11 @@ class Service:
 
     def on_request(self) -> None:
         """Called first for every request (cheap)."""
+
+    def image_detail(self, call: Call) -> dict[str, Any]:
+        """What the image holds (torch build, weights), for /health: only to authenticated
+        callers, like every detail naming what is inside the image."""
+        return {"image": self._image} if self._image is not None and call.authorized else {}
 
     def health(self, call: Call) -> Response:
         raise NotImplementedError

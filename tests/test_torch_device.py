@@ -1,0 +1,56 @@
+"""functions.torch_device: DEVICE to a torch device, and never the CPU by accident where an
+NVIDIA GPU is attached that this torch cannot use (the driver is simulated by its /proc file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from functions import torch_device
+from functions.torch_device import DeviceError, nvidia_driver, pick_device
+
+L4_DRIVER = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\nGCC version:  gcc version 12.2.0\n"
+OPEN_DRIVER = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build  (dvs-builder@U16-I3-B03-4-3)\n"
+
+
+@pytest.fixture
+def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def attach(text: str | None) -> None:
+        path = tmp_path / "version"
+        path.unlink(missing_ok=True)
+        if text is not None:
+            path.write_text(text)
+        monkeypatch.setattr(torch_device, "DRIVER_VERSION_FILE", path)
+
+    return attach
+
+
+def test_the_driver_version_is_read(driver) -> None:
+    driver(L4_DRIVER)
+    assert nvidia_driver() == "535.104.05"
+    driver(OPEN_DRIVER)
+    assert nvidia_driver() == "580.65.06"
+    driver(None)
+    assert nvidia_driver() is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.version.cuda is None, reason="needs a CUDA torch on a machine without a usable GPU")
+def test_auto_with_an_attached_gpu_this_torch_cannot_use_is_an_error(driver) -> None:
+    """The L4 trap: a CUDA 13 torch (PyPI's) on Cloud Run's 535 driver would quietly predict on
+    the CPU at GPU prices."""
+    driver(L4_DRIVER)
+    with pytest.raises(DeviceError) as error:
+        pick_device("auto")
+    message = str(error.value)
+    assert f"CUDA {torch.version.cuda}" in message and "535.104.05" in message and "TORCH=cu126" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a usable GPU")
+def test_auto_without_a_gpu_is_the_cpu_and_cuda_is_an_error(driver) -> None:
+    driver(None)
+    assert pick_device("auto") == "cpu"
+    assert pick_device("cpu") == "cpu"
+    with pytest.raises(DeviceError, match="DEVICE=cuda: .*no NVIDIA driver is loaded|CPU build"):
+        pick_device("cuda")
