@@ -69,7 +69,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared/ shared/
 COPY functions/ functions/
-COPY deploy/ deploy/
+# The package's modules and install step, not the local weights folder beside them.
+COPY deploy/*.py deploy/
+COPY deploy/image/install-function deploy/image/
 RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
     --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \
     pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
@@ -88,7 +90,8 @@ ARG MODEL_SIZE
 ARG WEIGHTS=""
 ARG WEIGHTS_LIST=""
 ARG WEIGHTS_FROM=deploy/image/weights
-COPY ${WEIGHTS_FROM}/ /tmp/local-weights/
+# Under its own path in the build context, so that a message naming it names the context's folder.
+COPY ${WEIGHTS_FROM}/ /build-context/${WEIGHTS_FROM}/
 # (COPY needs a source: without WEIGHTS_LIST a file that is then not read.)
 COPY ${WEIGHTS_LIST:-pyproject.toml} /tmp/weights-list.json
 # A build without access to a file's URL stops here with one sentence naming it and where a
@@ -96,7 +99,7 @@ COPY ${WEIGHTS_LIST:-pyproject.toml} /tmp/weights-list.json
 RUN set -- ; for name in $WEIGHTS; do set -- "$@" --only "$name"; done; \
     case "$FUNCTION" in sam2 | grounding_sam) set -- "$@" --size "$MODEL_SIZE" ;; esac; \
     lsfn weights "$(if [ -n "$WEIGHTS_LIST" ]; then echo /tmp/weights-list.json; else echo "$FUNCTION"; fi)" \
-        --dest /app/models --from /tmp/local-weights --manifest /app/models/weights-manifest.json "$@"
+        --dest /app/models --from "/build-context/$WEIGHTS_FROM" --manifest /app/models/weights-manifest.json "$@"
 
 # -- the front door: no model, the weights' manifest for the versions it answers -----------
 FROM core AS front-door

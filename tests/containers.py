@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BASE_IMAGE", "Container", "Containers", "unavailable"]
+__all__ = ["BASE_IMAGE", "BuildFailed", "Container", "Containers", "unavailable"]
 
 BASE_IMAGE = "docker.io/library/debian:bookworm-slim"
 TOOLS = ("buildah", "podman", "debootstrap", "runc")
@@ -50,6 +50,10 @@ def _debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
+class BuildFailed(RuntimeError):
+    """A build that failed; its output is the message."""
+
+
 @dataclass
 class Container:
     """A running container: its id, the port it serves on, and how to read its log."""
@@ -71,6 +75,11 @@ class Container:
 
     def exec(self, *command: str) -> subprocess.CompletedProcess[str]:
         return self.engine.podman("exec", self.id, *command, check=False)
+
+    def stop(self, timeout: int = 30) -> int:
+        """SIGTERM, then SIGKILL after ``timeout`` s; the exit code (137: it had to be killed)."""
+        self.engine.podman("stop", "--time", str(timeout), self.id)
+        return int(self.inspect("{{.State.ExitCode}}"))
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, dict]:
         """An HTTP call made from inside the container (works with ``--network none``): its
@@ -161,8 +170,10 @@ class Containers:
         secrets: Mapping[str, Path] = {},
         volumes: Sequence[Path] = (),
         dockerfile: Path | None = None,
+        check: bool = True,
     ) -> float:
-        """``buildah bud`` one target of the Dockerfile; seconds it took."""
+        """``buildah bud`` one target of the Dockerfile; seconds it took. ``check=False``:
+        a failed build raises BuildFailed with its output."""
         command = ["buildah", "bud", "--isolation", "chroot", "--pull=never", "--network", "host", "--layers",
                    "--target", target, "-t", tag, "-f", str(dockerfile or context / "Dockerfile")]  # fmt: skip
         for key, value in build_args.items():
@@ -172,7 +183,9 @@ class Containers:
         for path in volumes:
             command += ["--volume", f"{path}:{path}:ro"]
         started = time.monotonic()
-        self._run(*command, str(context))
+        done = self._run(*command, str(context), check=check)
+        if done.returncode != 0:
+            raise BuildFailed(done.stdout + done.stderr)
         return time.monotonic() - started
 
     def prune(self) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.containers import Container, Containers, unavailable
+from tests.containers import BuildFailed, Container, Containers, unavailable
 from tests.dino_models import write_model
 from tests.serving import Function, call
 from tests.servers import free_port
@@ -122,7 +122,8 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Iterator[tuple[Containers, dict[str, str]]]:
+def build(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> tuple[Containers, Path, dict, list, dict]:
+    """The builder, the staged context, build secrets, mounted folders and torch arguments."""
     reason = unavailable()
     if reason is not None:
         pytest.skip(f"cannot build images here: {reason}")
@@ -130,7 +131,12 @@ def images(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Iter
     engine.ensure_base()
     tmp = tmp_path_factory.mktemp("build")
     secrets, folders, torch_args = _pip_setup(tmp)
-    context = _stage_context(tmp, tiny_weights)
+    return engine, _stage_context(tmp, tiny_weights), secrets, folders, torch_args
+
+
+@pytest.fixture(scope="module")
+def images(build: tuple[Containers, Path, dict, list, dict]) -> Iterator[tuple[Containers, dict[str, str]]]:
+    engine, context, secrets, folders, torch_args = build
     args = {"FUNCTION": FUNCTION, "WEIGHTS_LIST": "test-weights/weights.json", "WEIGHTS_FROM": "test-weights", **torch_args}
     tags = {"function": "localhost/lsfn-test-grounding-dino", "front-door": "localhost/lsfn-test-grounding-dino-front-door"}
     for target, tag in tags.items():
@@ -247,3 +253,25 @@ def test_the_front_door_image_refuses_to_start_without_an_upstream(images: tuple
     engine, tags = images
     done = engine.run_once(tags["front-door"])
     assert done.returncode == 2 and "UPSTREAM_URL" in done.stderr
+
+
+@pytestmark_images
+def test_sigterm_stops_the_server(images: tuple[Containers, dict[str, str]]) -> None:
+    """The server is the container's main process: `docker stop` (and Cloud Run's scale-down)
+    ends it with SIGTERM, without waiting for the kill."""
+    engine, tags = images
+    with engine.running(tags["front-door"], free_port(), env={"UPSTREAM_URL": "http://127.0.0.1:9"}) as door:
+        door.wait_health(60)
+        assert door.stop(timeout=60) != 137, door.logs()[-2000:]
+
+
+@pytestmark_images
+def test_a_build_without_access_to_the_weights_fails_with_one_sentence(build: tuple[Containers, Path, dict, list, dict]) -> None:
+    engine, context, secrets, folders, torch_args = build
+    listing = {"weights": [{"name": "missing.pt", "url": f"http://127.0.0.1:{free_port()}/missing.pt", "sha256": None}]}
+    (context / "unreachable.json").write_text(json.dumps(listing))
+    args = {"FUNCTION": FUNCTION, "WEIGHTS_LIST": "unreachable.json", **torch_args}
+    with pytest.raises(BuildFailed) as failed:
+        engine.build(context, "localhost/lsfn-test-unreachable", "weights", args, secrets, folders, check=False)
+    (sentence,) = [line for line in str(failed.value).splitlines() if line.startswith("lsfn: ")]
+    assert "cannot download missing.pt" in sentence and "/build-context/deploy/image/weights/missing.pt" in sentence

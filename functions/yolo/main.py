@@ -67,7 +67,7 @@ class YoloModel(YoloSpec, Model):
         options: dict[str, Any] = {"device": self.device, "verbose": False}
         if self.options.image_size:
             options["imgsz"] = self.options.image_size
-        for path, (model, lock) in list(self._models.items()):
+        for model, lock in list(self._models.values()):
             with lock:
                 model.predict([frame], **options)
 
