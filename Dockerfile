@@ -29,9 +29,13 @@
 # configuration of the builder's (a proxy's CA, a mirror), pass it as build secrets, which
 # leave nothing in the image: --secret id=pipconf,src=/etc/pip.conf --secret id=cacert,src=<CA file>
 
+# Every stage that reads one of these declares it again (bare): a stage sees only its own ARGs.
 ARG FUNCTION=yolo
 # SAM 2's size (SAM 2, Grounding SAM): the checkpoint baked and the MODEL_SIZE the image runs.
 ARG MODEL_SIZE=large
+ARG TORCH=cu126
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
 
 # -- Python 3.11 (Debian bookworm's), a virtual environment and the user the server runs as --
 FROM debian:bookworm-slim AS python
@@ -122,19 +126,24 @@ CMD ["lsfn", "serve", "--front-door"]
 
 # -- torch: the slow layer, shared by every function built with the same arguments ---------
 FROM python AS torch
-ARG TORCH=cu126
-ARG TORCH_VERSION=2.14.1
-ARG TORCHVISION_VERSION=0.29.1
+ARG TORCH
+ARG TORCH_VERSION
+ARG TORCHVISION_VERSION
 ARG TORCH_INDEX_URL=""
-# The releases are pinned, by build arguments hadolint cannot see through.
+# The releases are pinned, by build arguments hadolint cannot see through. A cu*/cpu build is
+# pinned with its local version (2.14.1+cu126), so PyPI's CUDA 13 build can never stand in for
+# it; then the CUDA torch reports is checked against TORCH.
 # hadolint ignore=DL3013
 RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
     --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \
-    index="${TORCH_INDEX_URL:-$(case "$TORCH" in pypi) echo none ;; *) echo "https://download.pytorch.org/whl/$TORCH" ;; esac)}"; \
-    set -- "torch==${TORCH_VERSION}"; \
-    if [ -n "$TORCHVISION_VERSION" ]; then set -- "$@" "torchvision==${TORCHVISION_VERSION}"; fi; \
+    case "$TORCH" in pypi) local="" ;; *) local="+$TORCH" ;; esac; \
+    index="${TORCH_INDEX_URL:-$(if [ -z "$local" ]; then echo none; else echo "https://download.pytorch.org/whl/$TORCH"; fi)}"; \
+    set -- "torch==${TORCH_VERSION}${local}"; \
+    if [ -n "$TORCHVISION_VERSION" ]; then set -- "$@" "torchvision==${TORCHVISION_VERSION}${local}"; fi; \
     if [ "$index" != none ]; then set -- "$@" --index-url "$index" --extra-index-url https://pypi.org/simple; fi; \
     pip install --no-cache-dir "$@"
+COPY deploy/image/check-torch /usr/local/bin/
+RUN check-torch "$TORCH"
 
 # -- the function: its libraries, its weights, a warm-up before /health says UP -------------
 FROM torch AS function

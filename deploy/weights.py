@@ -67,6 +67,14 @@ def fetch_weights(listing: Path, dest: Path, mirror: str | None = None, timeout:
         return not entry.get("optional")  # other model sizes only when asked for
 
     entries = [entry for entry in entries if wanted(entry)]
+    for entry in entries:
+        if size is not None and entry.get("size", size) != size:
+            raise WeightsFetchError(
+                f"{entry['name']} is the {entry['size']} model, but the size asked for is {size} (MODEL_SIZE): "
+                f"ask for size {entry['size']} instead of naming the file"
+            )
+    if manifest is not None and not dest.resolve().is_relative_to(manifest.parent.resolve()):
+        raise WeightsFetchError(f"the manifest {manifest} must lie in {dest} or above it (it names files relative to its folder)")
     dest.mkdir(parents=True, exist_ok=True)
     report, placed = [], []
     for entry in entries:
@@ -84,15 +92,21 @@ def fetch_weights(listing: Path, dest: Path, mirror: str | None = None, timeout:
             url = f"{mirror.rstrip('/')}/{name}" if mirror else entry["url"]
             digest, how = _download(url, target, timeout, local / name if local else None), f"from {url}"
         else:
-            continue  # shipped with a function that is not here: nothing to place
+            where = f"in {local}" if local else "beside the list" if entry.get("shipped") else "anywhere"
+            raise WeightsFetchError(f"{name}: not found {where}, and {listing.name} gives no URL for it")
         if pinned and digest != pinned:
             target.unlink()
             raise WeightsFetchError(f"{name}: sha256 {digest} ({how}) is not the listed {pinned}; file removed")
         report.append(f"{name}: {how}, sha256 {'ok' if pinned else digest + ' (not pinned in the list: record it)'}")
-        placed.append({"name": name, "sha256": digest, "bytes": target.stat().st_size, "pinned": bool(pinned)})
+        placed.append({"name": name, "sha256": digest, "bytes": target.stat().st_size, "pinned": bool(pinned),
+                       "path": target.resolve()})  # fmt: skip
     if manifest is not None:
+        for item in placed:
+            item["name"] = item.pop("path").relative_to(manifest.parent.resolve()).as_posix()
         write_manifest(manifest, placed)
         report.append(f"manifest: {manifest} ({len(placed)} files)")
+    for item in placed:
+        item.pop("path", None)
     return report
 
 

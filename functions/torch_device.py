@@ -9,14 +9,17 @@ driver and this torch was built for CUDA, a torch that cannot use it is an error
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
-__all__ = ["DeviceError", "nvidia_driver", "pick_device"]
+__all__ = ["DeviceError", "gpu_attached", "nvidia_driver", "pick_device"]
 
-# The kernel module's version file: present where an NVIDIA GPU is attached (Cloud Run, Modal,
-# any machine with the driver loaded), also inside containers.
+# The kernel module's version file: present where the NVIDIA driver is loaded, also inside any
+# container on such a host, GPU or not.
 DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")
+# Where the GPUs given to this container appear (/dev/nvidia0, ...): only those passed in.
+DEVICE_DIR = Path("/dev")
 # The oldest driver each CUDA major release runs on (NVIDIA's minor-version compatibility:
 # a CUDA 12.x build runs on any 525+ driver, 13.x on 580+).
 MIN_DRIVER = {12: 525, 13: 580}
@@ -36,6 +39,14 @@ def nvidia_driver() -> str | None:
     return found.group(1) if found else "unknown"
 
 
+def gpu_attached() -> bool:
+    """An NVIDIA GPU is given to this process: the driver is loaded, a GPU device node is there,
+    and CUDA_VISIBLE_DEVICES does not hide them all."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return nvidia_driver() is not None and any(DEVICE_DIR.glob("nvidia[0-9]*"))
+
+
 def _unusable_gpu(torch_module: object, setting: str) -> str:
     """Why this torch cannot use the GPU, in terms a deployer can act on."""
     torch_version = torch_module.__version__  # type: ignore[attr-defined]
@@ -45,8 +56,9 @@ def _unusable_gpu(torch_module: object, setting: str) -> str:
         return f"DEVICE={setting}: torch {torch_version} is a CPU build; build the image with a CUDA torch (--build-arg TORCH=cu126)"
     needs = MIN_DRIVER.get(int(built_for.split(".")[0]))
     need = f" (needs an NVIDIA driver >= {needs})" if needs else ""
-    if driver is None:
-        return f"DEVICE={setting}: torch {torch_version} is built for CUDA {built_for}{need}, and no NVIDIA driver is loaded (no GPU attached)"
+    if driver is None or not gpu_attached():
+        missing = "no NVIDIA driver is loaded" if driver is None else "no NVIDIA GPU is attached to this container"
+        return f"DEVICE={setting}: torch {torch_version} is built for CUDA {built_for}{need}, and {missing}"
     major = driver.split(".")[0]
     if needs and major.isdigit() and int(major) < needs:
         return (f"DEVICE={setting}: torch {torch_version} is built for CUDA {built_for}{need}, and this machine's "
@@ -55,7 +67,7 @@ def _unusable_gpu(torch_module: object, setting: str) -> str:
 
 
 def pick_device(setting: str) -> str:
-    """``auto`` is CUDA when there is one, else the CPU, except where an NVIDIA driver is loaded
+    """``auto`` is CUDA when there is one, else the CPU, except where an NVIDIA GPU is attached
     and torch was built for CUDA but cannot use it: that, and ``cuda`` without a usable GPU,
     raise DeviceError. On CUDA, matmuls and convolutions may use TF32 (Ampere and later; as
     Meta's SAM 2 notebooks and label-studio-ml-backend run)."""
@@ -63,7 +75,7 @@ def pick_device(setting: str) -> str:
 
     usable = torch.cuda.is_available()
     if setting == "auto":
-        if not usable and torch.version.cuda is not None and nvidia_driver() is not None:
+        if not usable and torch.version.cuda is not None and gpu_attached():
             raise DeviceError(_unusable_gpu(torch, setting))
         device = "cuda" if usable else "cpu"
     else:

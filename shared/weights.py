@@ -40,7 +40,7 @@ def resolve_weights(root: Path, name: str) -> Path:
     path = (base / name).resolve()  # follows symlinks: a link out of the directory is caught
     if not path.is_relative_to(base):
         raise WeightsError(f"model_path {name!r} points outside the weights directory (MODEL_ROOT)")
-    if not weights_file(path):
+    if not weights_file(path, base):
         raise WeightsError(f"model_path {name!r}: no such weights file in the weights directory ({base})")
     return path
 
@@ -61,54 +61,54 @@ def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
         raise WeightsError(f"weights manifest {path} is unreadable: {exc}") from None
 
 
+# Guards the manifest and hash caches below.
+_hash_lock = threading.Lock()
 _manifests: dict[tuple[Path, int], dict[str, dict[str, Any]]] = {}
 
 
-def _nearest_manifest(path: Path) -> tuple[Path, dict[str, dict[str, Any]]] | None:
-    """The folder of the manifest nearest above ``path`` and its entries."""
-    for folder in path.parents:
-        manifest = folder / MANIFEST
-        try:
-            mtime = manifest.stat().st_mtime_ns
-        except OSError:
-            continue
-        key = (manifest, mtime)
+def _manifest(root: Path) -> dict[str, dict[str, Any]]:
+    """The entries of the manifest in the weights directory ``root`` (none without one)."""
+    manifest = root / MANIFEST
+    try:
+        key = (manifest, manifest.stat().st_mtime_ns)
+    except OSError:
+        return {}
+    with _hash_lock:
+        entries = _manifests.get(key)
+    if entries is None:
+        entries = read_manifest(manifest)
         with _hash_lock:
-            entries = _manifests.get(key)
-        if entries is None:
-            entries = read_manifest(manifest)
-            with _hash_lock:
-                _manifests[key] = entries
-        return folder, entries
-    return None
+            _manifests[key] = entries
+    return entries
 
 
-def listed_file(path: Path) -> dict[str, Any] | None:
-    """The manifest entry of ``path`` when the file is absent but listed (the front door's image)."""
-    if path.exists():
+def _inside(path: Path, root: Path) -> str | None:
+    """``path`` relative to ``root`` as a manifest names it, or None when it is not inside."""
+    base, target = root.resolve(), path.resolve()
+    return target.relative_to(base).as_posix() if target.is_relative_to(base) else None
+
+
+def listed_file(path: Path, root: Path) -> dict[str, Any] | None:
+    """The manifest entry of ``path`` when the file is absent but the manifest of the weights
+    directory ``root`` lists it (the front door's image). Only that directory's manifest counts:
+    one elsewhere (above it, in a checkout) says nothing about these weights."""
+    name = _inside(path, root)
+    if name is None or path.exists():
         return None
-    found = _nearest_manifest(path.absolute())
-    if found is None:
-        return None
-    folder, entries = found
-    return entries.get(path.absolute().relative_to(folder).as_posix())
+    return _manifest(root).get(name)
 
 
-def weights_file(path: Path) -> bool:
-    """A weights file that is there, or listed in the manifest of the directory it would be in."""
-    return path.is_file() or listed_file(path) is not None
+def weights_file(path: Path, root: Path) -> bool:
+    """A weights file that is there, or listed in the manifest of the weights directory."""
+    return path.is_file() or listed_file(path, root) is not None
 
 
-def weights_folder(path: Path) -> bool:
-    """A model folder that is there, or whose files the manifest lists."""
+def weights_folder(path: Path, root: Path) -> bool:
+    """A model folder that is there, or whose files the weights directory's manifest lists."""
     if path.is_dir():
         return True
-    found = None if path.exists() else _nearest_manifest(path.absolute())
-    if found is None:
-        return False
-    folder, entries = found
-    prefix = path.absolute().relative_to(folder).as_posix() + "/"
-    return any(name.startswith(prefix) for name in entries)
+    name = None if path.exists() else _inside(path, root)
+    return name is not None and any(listed.startswith(name + "/") for listed in _manifest(root))
 
 
 def file_sha256(path: Path) -> str:
@@ -119,14 +119,13 @@ def file_sha256(path: Path) -> str:
 
 _hashes: dict[tuple[Path, int, int], str] = {}
 _hashing: dict[tuple[Path, int, int], threading.Lock] = {}
-_hash_lock = threading.Lock()
 
 
-def content_hash(path: Path, length: int = 8) -> str:
+def content_hash(path: Path, length: int = 8, root: Path | None = None) -> str:
     """A short sha256 of the file, computed once per (path, size, mtime); concurrent callers
-    wait for the one computing it (a checkpoint of a GB takes seconds). An absent file that a
-    manifest lists has the listed hash."""
-    listed = listed_file(path)
+    wait for the one computing it (a checkpoint of a GB takes seconds). An absent file that the
+    manifest of the weights directory ``root`` lists has the listed hash."""
+    listed = listed_file(path, root) if root is not None else None
     if listed is not None:
         return str(listed["sha256"])[:length]
     stat = path.stat()

@@ -200,10 +200,11 @@ class Containers:
         return json.loads(self.podman("image", "inspect", "--format", "{{json .Labels}}", image).stdout) or {}
 
     @staticmethod
-    def _run_options(network: str, env: Mapping[str, str]) -> list[str]:
+    def _run_options(network: str, env: Mapping[str, str], init: bool = True) -> list[str]:
         # runc refuses podman's default limits here: the host's own, explicitly.
         limit = subprocess.run(["bash", "-c", "ulimit -Hn"], capture_output=True, text=True).stdout.strip()
-        options = ["--init", "--network", network, "--ulimit", f"nofile={limit}:{limit}", "--ulimit", "nproc=4096:4096"]
+        options = ["--init"] if init else []
+        options += ["--network", network, "--ulimit", f"nofile={limit}:{limit}", "--ulimit", "nproc=4096:4096"]
         for key, value in env.items():
             options += ["-e", f"{key}={value}"]
         return options
@@ -214,11 +215,11 @@ class Containers:
 
     @contextmanager
     def running(self, image: str, port: int, env: Mapping[str, str] = {}, network: str = "host",
-                args: Sequence[str] = ()) -> Iterator[Container]:  # fmt: skip
+                args: Sequence[str] = (), init: bool = True) -> Iterator[Container]:  # fmt: skip
         """A container of ``image`` serving on ``port`` (host networking: port publishing would
         rewrite the host's firewall; ``network="none"`` for a container that must reach
         nothing: it is then reached through ``podman exec``). Stopped and removed afterwards."""
-        command = self._run_options(network, {"PORT": str(port), **env})
+        command = self._run_options(network, {"PORT": str(port), **env}, init)
         container_id = self.podman("run", "-d", *command, *args, image).stdout.strip()
         try:
             yield Container(container_id, port, self)

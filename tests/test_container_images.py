@@ -257,11 +257,13 @@ def test_the_front_door_image_refuses_to_start_without_an_upstream(images: tuple
 
 @pytestmark_images
 def test_sigterm_stops_the_server(images: tuple[Containers, dict[str, str]]) -> None:
-    """The server is the container's main process: `docker stop` (and Cloud Run's scale-down)
-    ends it with SIGTERM, without waiting for the kill."""
+    """The server is the container's main process (PID 1, no init): `docker stop` (and Cloud
+    Run's scale-down) ends it with SIGTERM, without waiting for the kill."""
     engine, tags = images
-    with engine.running(tags["front-door"], free_port(), env={"UPSTREAM_URL": "http://127.0.0.1:9"}) as door:
+    env = {"UPSTREAM_URL": "http://127.0.0.1:9"}
+    with engine.running(tags["front-door"], free_port(), env=env, init=False) as door:
         door.wait_health(60)
+        assert door.exec("cat", "/proc/1/cmdline").stdout.split("\0")[1].endswith("lsfn")
         assert door.stop(timeout=60) != 137, door.logs()[-2000:]
 
 
@@ -275,3 +277,20 @@ def test_a_build_without_access_to_the_weights_fails_with_one_sentence(build: tu
         engine.build(context, "localhost/lsfn-test-unreachable", "weights", args, secrets, folders, check=False)
     (sentence,) = [line for line in str(failed.value).splitlines() if line.startswith("lsfn: ")]
     assert "cannot download missing.pt" in sentence and "/build-context/deploy/image/weights/missing.pt" in sentence
+
+
+@pytestmark_images
+def test_the_build_arguments_defaults_make_yolos_front_door(build: tuple[Containers, Path, dict, list, dict]) -> None:
+    """No build argument but the weights (the listed ones need the internet): the defaults name
+    YOLO and SAM 2 large, and the shipped demo detector is baked and checked against its pin."""
+    engine, context, secrets, folders, _ = build
+    tag = "localhost/lsfn-test-defaults-front-door"
+    engine.build(context, tag, "front-door", {"WEIGHTS": "shapes.pt"}, secrets, folders)
+    labels = engine.labels(tag)
+    assert labels["io.lsfn.function"] == "yolo" and labels["io.lsfn.role"] == "front-door"
+    done = engine.podman("run", "--rm", *engine._run_options("none", {}), "--entrypoint", "sh", tag, "-c",
+                         "cat /app/image.json; echo; echo $LSFN_FUNCTION $MODEL_SIZE")  # fmt: skip
+    info_text, _, env_line = done.stdout.strip().rpartition("\n")
+    info = json.loads(info_text)
+    assert env_line.split() == ["yolo", "large"]
+    assert [(w["name"], w["pinned"]) for w in info["weights"]] == [("shapes.pt", True)]

@@ -17,11 +17,20 @@ OPEN_DRIVER = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.0
 
 @pytest.fixture
 def driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    def attach(text: str | None) -> None:
+    """Simulates the host's driver (its /proc file) and the GPU given to the container (/dev)."""
+    devices = tmp_path / "dev"
+    devices.mkdir()
+    monkeypatch.setattr(torch_device, "DEVICE_DIR", devices)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+    def attach(text: str | None, gpu: bool = True) -> None:
         path = tmp_path / "version"
         path.unlink(missing_ok=True)
         if text is not None:
             path.write_text(text)
+        (devices / "nvidia0").unlink(missing_ok=True)
+        if gpu:
+            (devices / "nvidia0").touch()
         monkeypatch.setattr(torch_device, "DRIVER_VERSION_FILE", path)
 
     return attach
@@ -36,7 +45,8 @@ def test_the_driver_version_is_read(driver) -> None:
     assert nvidia_driver() is None
 
 
-@pytest.mark.skipif(torch.cuda.is_available() or torch.version.cuda is None, reason="needs a CUDA torch on a machine without a usable GPU")
+@pytest.mark.skipif(torch.cuda.is_available() or not str(torch.version.cuda).startswith("13"),
+                    reason="needs a CUDA 13 torch (PyPI's) on a machine without a usable GPU")
 def test_auto_with_an_attached_gpu_this_torch_cannot_use_is_an_error(driver) -> None:
     """The L4 trap: a CUDA 13 torch (PyPI's) on Cloud Run's 535 driver would quietly predict on
     the CPU at GPU prices."""
@@ -45,6 +55,18 @@ def test_auto_with_an_attached_gpu_this_torch_cannot_use_is_an_error(driver) -> 
         pick_device("auto")
     message = str(error.value)
     assert f"CUDA {torch.version.cuda}" in message and "535.104.05" in message and "TORCH=cu126" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a usable GPU")
+def test_a_driver_without_a_gpu_given_to_the_container_is_the_cpu(driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container on a GPU host that was given no GPU (or told to hide them) runs on the CPU."""
+    driver(L4_DRIVER, gpu=False)
+    assert pick_device("auto") == "cpu"
+    driver(L4_DRIVER, gpu=True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert pick_device("auto") == "cpu"
+    with pytest.raises(DeviceError, match="no NVIDIA GPU is attached"):
+        pick_device("cuda")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a usable GPU")

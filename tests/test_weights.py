@@ -47,21 +47,27 @@ def test_a_manifest_stands_for_absent_files(tmp_path: Path) -> None:
     files count as present with the listed hash; anything else is still missing."""
     from functions.grounding_dino.spec import DinoSettings, dino_version
     from functions.sam2.spec import Sam2Settings, sam2_version
-    from shared.weights import MANIFEST, weights_folder, write_manifest
+    from shared.weights import MANIFEST, weights_file, weights_folder, write_manifest
 
     files = [{"name": "sam2.1_hiera_large.pt", "sha256": "ab" * 32, "bytes": 1, "pinned": True},
              {"name": "grounding-dino-tiny/model.safetensors", "sha256": "cd" * 32, "bytes": 1, "pinned": False}]  # fmt: skip
     write_manifest(tmp_path / MANIFEST, files)
     assert resolve_weights(tmp_path, "sam2.1_hiera_large.pt") == tmp_path / "sam2.1_hiera_large.pt"
-    assert content_hash(tmp_path / "sam2.1_hiera_large.pt") == "abababab"
+    assert content_hash(tmp_path / "sam2.1_hiera_large.pt", root=tmp_path) == "abababab"
     assert sam2_version(tmp_path, Sam2Settings()) == "sam2-sam2.1_hiera_large@abababab"
     assert dino_version(tmp_path, DinoSettings()) == "grounding-dino-grounding-dino-tiny@cdcdcdcd"
-    assert weights_folder(tmp_path / "grounding-dino-tiny") and not weights_folder(tmp_path / "other")
+    assert weights_folder(tmp_path / "grounding-dino-tiny", tmp_path) and not weights_folder(tmp_path / "other", tmp_path)
+    # Only the weights directory's own manifest counts, not one above it.
+    inner = tmp_path / "models"
+    inner.mkdir()
+    assert not weights_file(inner / "sam2.1_hiera_large.pt", inner)
+    with pytest.raises(WeightsError, match="no such weights file"):
+        resolve_weights(inner, "sam2.1_hiera_large.pt")
     with pytest.raises(WeightsError, match="no such weights file"):
         resolve_weights(tmp_path, "sam2.1_hiera_tiny.pt")
     # A file that is there is hashed, whatever a manifest says.
     (tmp_path / "sam2.1_hiera_large.pt").write_bytes(b"real")
-    assert content_hash(tmp_path / "sam2.1_hiera_large.pt") == hashlib.sha256(b"real").hexdigest()[:8]
+    assert content_hash(tmp_path / "sam2.1_hiera_large.pt", root=tmp_path) == hashlib.sha256(b"real").hexdigest()[:8]
 
 
 def test_an_unreadable_manifest_is_named(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.servers import Answer, RecordingServer, free_port
 
 ROOT = Path(__file__).parent.parent
@@ -18,6 +20,9 @@ def lsfn(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def listing(tmp_path: Path, url: str, sha256: str | None) -> Path:
+    # A shipped file lies in models/ beside its list, as functions/yolo/models does.
+    (tmp_path / "models").mkdir(exist_ok=True)
+    (tmp_path / "models" / "shipped.pt").write_bytes(b"shipped")
     path = tmp_path / "weights.json"
     entries = [{"name": "shipped.pt", "shipped": True, "sha256": None},
                {"name": "m.pt", "url": f"{url}/releases/m.pt", "sha256": sha256}]  # fmt: skip
@@ -65,7 +70,7 @@ def test_an_unreachable_source_is_explained(tmp_path: Path) -> None:
     done = lsfn("weights", str(listing(tmp_path, f"http://127.0.0.1:{free_port()}", None)), "--dest", str(dest))
     assert done.returncode == 1
     assert "cannot download m.pt" in done.stderr and "copy the file into" in done.stderr
-    assert not list(dest.iterdir())  # no partial file left behind
+    assert sorted(p.name for p in dest.iterdir()) == ["shipped.pt"]  # no partial file left behind
 
 
 def test_an_unknown_function_is_named() -> None:
@@ -152,3 +157,22 @@ def test_the_front_door_refuses_to_start_without_an_upstream() -> None:
     done = subprocess.run([sys.executable, "-m", "shared.cli", "serve", "yolo", "--front-door"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
     assert done.returncode == 2 and "UPSTREAM_URL" in done.stderr
+
+
+def test_a_listed_file_that_is_nowhere_fails_the_build(tmp_path: Path) -> None:
+    """A user's own model listed without a URL and missing from the local folder: an error,
+    never an image built without it."""
+    (tmp_path / "local").mkdir()
+    listing_path = tmp_path / "weights.json"
+    listing_path.write_text(json.dumps({"weights": [{"name": "mine.pt", "sha256": None}]}))
+    done = lsfn("weights", str(listing_path), "--dest", str(tmp_path / "models"), "--from", str(tmp_path / "local"))
+    assert done.returncode == 1 and f"mine.pt: not found in {tmp_path / 'local'}" in done.stderr
+
+
+def test_a_named_file_of_another_size_than_asked_is_refused(tmp_path: Path) -> None:
+    from deploy.weights import WeightsFetchError, fetch_weights, listing_for
+
+    with pytest.raises(WeightsFetchError, match="sam2.1_hiera_tiny.pt is the tiny model, but the size asked for is large"):
+        fetch_weights(listing_for("sam2"), tmp_path, only=["sam2.1_hiera_tiny.pt"], size="large")
+    with pytest.raises(WeightsFetchError, match="must lie in"):
+        fetch_weights(listing_for("sam2"), tmp_path / "models", manifest=tmp_path / "elsewhere" / "m.json")

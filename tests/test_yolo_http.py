@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image, ImageDraw
 
@@ -457,6 +458,7 @@ def test_taxonomy_gets_a_taxonomy_result(yolo: Function, label_studio: Recording
     assert result["type"] == "taxonomy" and result["value"]["taxonomy"] == [[names[shapes[0].kind]]]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a usable GPU")
 def test_a_gpu_that_cannot_be_used_fails_health_with_the_reason(tmp_path: Path, weights: Path) -> None:
     """DEVICE=cuda on a machine whose torch sees no GPU: /health says FAILED and why, instead of
     the function predicting on the CPU."""
@@ -466,6 +468,6 @@ def test_a_gpu_that_cannot_be_used_fails_health_with_the_reason(tmp_path: Path, 
         while (health := call("GET", fn.url + "/health")).json()["status"] == "LOADING" and time.monotonic() < deadline:
             time.sleep(0.1)
         assert health.status == 503 and health.json()["status"] == "FAILED"
-        assert "DEVICE=cuda" in health.json()["detail"] and "no NVIDIA driver" in health.json()["detail"]
+        assert "DEVICE=cuda: torch " in health.json()["detail"]
     finally:
         fn.close()

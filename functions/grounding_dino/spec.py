@@ -41,7 +41,7 @@ class DinoSettings(BaseSettings):
 def model_folder(weights_dir: Path, name: str) -> Path:
     """GROUNDING_DINO_MODEL as a folder: inside the weights directory, or an absolute path."""
     path = Path(name) if Path(name).is_absolute() else weights_dir / name
-    if not weights_folder(path):
+    if not weights_folder(path, weights_dir):
         raise WeightsError(f"GROUNDING_DINO_MODEL: no model folder {path} (lsfn weights grounding_dino --dest <MODEL_ROOT>)")
     return path
 
@@ -56,13 +56,13 @@ def output_box_control(config: LabelConfig, context: Context | None) -> Control:
 def dino_weights(weights_dir: Path, options: DinoSettings) -> list[Path]:
     """The weights file in the model folder the settings name (none for a folder without one)."""
     weights = model_folder(weights_dir, options.model) / "model.safetensors"
-    return [weights] if weights_file(weights) else []
+    return [weights] if weights_file(weights, weights_dir) else []
 
 
 def dino_version(weights_dir: Path, options: DinoSettings) -> str:
     """The version predictions carry: the model folder's name and its weights' content hash."""
     folder = model_folder(weights_dir, options.model)
-    return f"grounding-dino-{folder.name}" + "".join(f"@{content_hash(w)}" for w in dino_weights(weights_dir, options))
+    return f"grounding-dino-{folder.name}" + "".join(f"@{content_hash(w, root=weights_dir)}" for w in dino_weights(weights_dir, options))
 
 
 class GroundingDinoSpec(Spec):

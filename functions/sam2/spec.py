@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.label_config import LabelConfig
 from shared.prompts import mask_control
 from shared.runtime.model import Spec
-from shared.weights import WeightsError, content_hash, resolve_weights, weights_file
+from shared.weights import WeightsError, content_hash, resolve_weights
 
 __all__ = ["SIZES", "Sam2Settings", "Sam2Spec", "checkpoint_path", "sam2_checkpoint", "sam2_version", "spec"]
 
@@ -59,7 +59,7 @@ def checkpoint_path(weights_dir: Path, name: str) -> Path:
     whoever deploys the function, as label-studio-ml-backend allows)."""
     path = Path(name)
     if path.is_absolute():
-        if not weights_file(path):
+        if not path.is_file():
             raise WeightsError(f"MODEL_CHECKPOINT {name!r}: no such file")
         return path
     try:
@@ -76,7 +76,7 @@ def sam2_checkpoint(weights_dir: Path, options: Sam2Settings) -> Path:
 def sam2_version(weights_dir: Path, options: Sam2Settings) -> str:
     """The version predictions carry: the checkpoint's name and content hash."""
     checkpoint = sam2_checkpoint(weights_dir, options)
-    return f"sam2-{checkpoint.stem}@{content_hash(checkpoint)}"
+    return f"sam2-{checkpoint.stem}@{content_hash(checkpoint, root=weights_dir)}"
 
 
 class Sam2Spec(Spec):

@@ -62,7 +62,7 @@ class YoloSpec(Spec):
     def version_for(self, config: LabelConfig | None) -> str:
         if config is None:
             return self.model_version
-        return "yolo-" + "+".join(f"{path.stem}@{content_hash(path)}" for path in self.weight_files(config))
+        return "yolo-" + "+".join(f"{path.stem}@{content_hash(path, root=self.weights_dir)}" for path in self.weight_files(config))
 
 
 spec = YoloSpec

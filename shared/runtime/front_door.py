@@ -82,7 +82,8 @@ class FrontDoor(Service):
         def warm() -> None:
             try:
                 for path in self.spec.weight_files(None):
-                    content_hash(path)
+                    if path.is_file():  # one only a manifest lists has its hash already
+                        content_hash(path)
             except (OSError, ValueError) as exc:  # WeightsError: /setup will say it
                 logger.warning("weights not readable", extra={"detail": str(exc)[:300]})
 
