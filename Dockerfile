@@ -83,9 +83,10 @@ RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
 # -- lsfn without a model library: the front door's runtime and the weights tool ------------
 FROM python AS core
 COPY --from=wheel /wheels /wheels
+# google-auth: a front door on Cloud Run mints ID tokens for its private GPU service.
 RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
     --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \
-    pip install --no-cache-dir /wheels/lsfn-*.whl
+    pip install --no-cache-dir /wheels/lsfn-*.whl "google-auth>=2.30,<3"
 
 # -- the function's weights: from WEIGHTS_FROM, else downloaded; checked; a manifest written --
 FROM core AS weights

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     upstream_max_requests: int = Field(32, gt=0, validation_alias=_env("UPSTREAM_MAX_REQUESTS"))
     # Seconds without an answer after which the upstream is taken to have scaled to zero.
     upstream_idle_timeout: float = Field(300.0, gt=0, validation_alias=_env("UPSTREAM_IDLE_TIMEOUT"))
+    # How the front door proves itself to the upstream: nothing, or a Google ID token of its
+    # service account for the upstream's URL (a private Cloud Run service).
+    upstream_auth: Literal["none", "google-id-token"] = Field("none", validation_alias=_env("UPSTREAM_AUTH"))
 
     # Fetching task images.
     fetch_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(

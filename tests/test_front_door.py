@@ -429,6 +429,50 @@ def test_the_bearer_token_comes_from_the_provider(upstream: RecordingServer) -> 
     assert [h.headers["authorization"] for h in upstream.hits] == ["Bearer first", "Bearer second"]
 
 
+def jwt(exp: float) -> str:
+    """An unsigned token with an ``exp`` claim, shaped as Google's ID tokens are."""
+    import base64
+
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part({'aud': 'x', 'exp': exp})}.c2ln"
+
+
+def test_upstream_auth_google_id_token_sends_a_token_for_the_upstreams_url(upstream: RecordingServer,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """UPSTREAM_AUTH=google-id-token (what the Cloud Run deploy sets): every call carries an ID
+    token minted for the upstream's URL, reused until shortly before it expires."""
+    from shared.runtime import id_token
+
+    minted: list[str] = []
+
+    def fetch(audience: str) -> str:
+        minted.append(audience)
+        return jwt(time.time() + 3600)
+
+    monkeypatch.setattr(id_token, "_fetch_from_google", fetch)
+    settings = Settings.model_validate({"UPSTREAM_URL": upstream.url, "UPSTREAM_AUTH": "google-id-token"})
+    client = Client(create_front_door(BrightModel, settings=settings))
+    for _ in range(3):
+        assert client.post("/predict", json=predict_body(1)).status_code == 200
+    assert minted == [upstream.url]
+    (sent,) = {h.headers["authorization"] for h in upstream.hits}  # one token, reused
+    assert sent.startswith("Bearer ") and sent.count(".") == 2
+
+
+def test_an_id_token_is_replaced_before_it_expires() -> None:
+    from shared.runtime.id_token import REFRESH_MARGIN, GoogleIdToken
+
+    now = [1000.0]
+    tokens = iter([jwt(now[0] + 3600), jwt(now[0] + 7200)])
+    provider = GoogleIdToken("https://gpu.example", fetch=lambda audience: next(tokens), clock=lambda: now[0])
+    first = provider()
+    assert provider() == first
+    now[0] += 3600 - REFRESH_MARGIN + 1  # within the margin of its expiry
+    assert provider() != first
+
+
 class InProcess:
     """An upstream called in the same process, as Modal's ``.remote()`` is: here the bright
     function's own runtime, through its WSGI app. ``explode_on`` makes one task's call raise."""

@@ -33,6 +33,7 @@ from shared.runtime.metrics import Metrics
 from shared.runtime.model import Spec
 from shared.runtime.predict import deadline_error, encode_results, error_item
 from shared.runtime.service import Call, Service, flask_app, json_response
+from shared.runtime.id_token import GoogleIdToken
 from shared.runtime.upstream import Answer, HttpUpstream, Unreachable, Upstream
 from shared.runtime.upstream_link import Status, UpstreamLink
 from shared.settings import Settings, get_settings
@@ -62,7 +63,8 @@ class FrontDoor(Service):
             if not settings.upstream_url:
                 raise ValueError("the front door needs an upstream: set UPSTREAM_URL or pass --upstream")
             connections = settings.upstream_max_requests * settings.upstream_concurrency
-            upstream = HttpUpstream(settings.upstream_url, connections=connections)
+            token = GoogleIdToken(settings.upstream_url) if settings.upstream_auth == "google-id-token" else None
+            upstream = HttpUpstream(settings.upstream_url, token=token, connections=connections)
         self.link = UpstreamLink(upstream, settings, self.metrics.registry)
         self._gate = Gate(settings.upstream_max_requests, settings.admit_queue, "forwarded predictions (UPSTREAM_MAX_REQUESTS)",
                           self.metrics.waiting.labels("forwarded"))  # fmt: skip

@@ -1,0 +1,136 @@
+"""The arguments of `lsfn deploy cloudrun` (label-studio-ml-backend's `deploy gcp` spellings are
+accepted where they mean the same) and running it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from deploy.cloudrun_spec import FUNCTIONS, GPUS, DeployError, DeploySpec, service_name
+
+__all__ = ["add_parser", "run", "spec_from"]
+
+# The secret a plain --label-studio-api-key is stored in (never a plain environment variable).
+API_KEY_SECRET = "lsfn-label-studio-api-key"
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return key, value
+
+
+def add_parser(commands: Any) -> None:
+    """Add `cloudrun` to the `lsfn deploy` subcommands."""
+    cmd = commands.add_parser("cloudrun", help="deploy a function to Cloud Run GPU behind a public front door")
+    cmd.add_argument("function", choices=sorted(FUNCTIONS))
+    cmd.add_argument("--project", "--gcp-project-id", default=os.environ.get("GOOGLE_CLOUD_PROJECT"), required=False)
+    cmd.add_argument("--region", "--gcp-region", default=os.environ.get("GOOGLE_CLOUD_REGION"))
+    cmd.add_argument("--image", help="the GPU function's image (default: what cloudbuild.yaml pushes)")
+    cmd.add_argument("--front-door-image", help="the front door's image (default: what cloudbuild.yaml pushes)")
+    cmd.add_argument("--repository", default="lsfn", help="the Artifact Registry repository of the default images")
+    cmd.add_argument("--tag", default="latest", help="the default images' tag")
+    cmd.add_argument("--image-torch", help="the image's TORCH build (cu126, cu130, pypi), when its tag does not end with it")
+    cmd.add_argument("--gpu-type", default="nvidia-l4", choices=sorted(GPUS))
+    cmd.add_argument("--cpu", type=int, help="vCPUs of a GPU instance (default: the GPU type's minimum)")
+    cmd.add_argument("--memory", type=int, metavar="GIB", help="GiB of memory of a GPU instance (default: the GPU type's minimum)")
+    cmd.add_argument("--min-instances", type=int, default=0, help="GPU instances kept running (billed while idle)")
+    cmd.add_argument("--max-instances", type=int, default=3, help="GPU instances at most (default 3: Cloud Run's own default of 100 is a bill)")
+    cmd.add_argument("--concurrency", type=int, help="requests per GPU instance (default: the function's)")
+    cmd.add_argument("--front-door-min-instances", type=int, default=1,
+                     help="front door instances kept warm (default 1: Label Studio gives /health one second)")
+    cmd.add_argument("--gpu-zonal-redundancy", action="store_true",
+                     help="reserve capacity in other zones (dearer; needs quota). Off by default")
+    cmd.add_argument("--no-gpu-zonal-redundancy", dest="gpu_zonal_redundancy", action="store_false")
+    cmd.add_argument("--service-account", help="the GPU service's account (reads LABEL_STUDIO_API_KEY's secret)")
+    cmd.add_argument("--front-door-service-account",
+                     help="the front door's account, the only one allowed to call the GPU service "
+                          "(default: lsfn-front-door@PROJECT.iam.gserviceaccount.com)")
+    cmd.add_argument("--label-studio-url", "--label-studio-host", default=os.environ.get("LABEL_STUDIO_URL"))
+    cmd.add_argument("--label-studio-api-key", help="stored as a Secret Manager secret version, never as a plain variable")
+    cmd.add_argument("--basic-auth-user", default=os.environ.get("BASIC_AUTH_USER"))
+    cmd.add_argument("--secret", action="append", type=_pair, default=[], metavar="NAME=SECRET[:VERSION]",
+                     help="an environment variable from Secret Manager (LABEL_STUDIO_API_KEY, BASIC_AUTH_PASS, WEBHOOK_SECRET)")
+    cmd.add_argument("--env", action="append", type=_pair, default=[], metavar="KEY=VALUE")
+    cmd.add_argument("--dry-run", action="store_true", help="print the requests as JSON and send none")
+    cmd.add_argument("--api-endpoint", help="the Cloud Run Admin API's address (tests, private endpoints)")
+
+
+def spec_from(args: argparse.Namespace) -> DeploySpec:
+    if not args.project or not args.region:
+        raise DeployError("give --project and --region (or GOOGLE_CLOUD_PROJECT and GOOGLE_CLOUD_REGION)")
+    registry = f"{args.region}-docker.pkg.dev/{args.project}/{args.repository}"
+    base = service_name(args.function, "front-door")
+    secrets = dict(args.secret)
+    if args.label_studio_api_key:
+        if "LABEL_STUDIO_API_KEY" in secrets:
+            raise DeployError("give LABEL_STUDIO_API_KEY either as --secret or as --label-studio-api-key, not both")
+        secrets["LABEL_STUDIO_API_KEY"] = API_KEY_SECRET
+    for name in dict(args.env):
+        if name in {"LABEL_STUDIO_API_KEY", "BASIC_AUTH_PASS", "WEBHOOK_SECRET"}:
+            raise DeployError(f"{name} is a secret: give it with --secret {name}=<Secret Manager name>, not --env")
+    return DeploySpec(
+        function=args.function, project=args.project, region=args.region,
+        image=args.image or f"{registry}/{base}:{args.tag}",
+        front_door_image=args.front_door_image or f"{registry}/{base}-front-door:{args.tag}",
+        gpu_type=args.gpu_type, cpu=args.cpu, memory_gib=args.memory, min_instances=args.min_instances,
+        max_instances=args.max_instances, concurrency=args.concurrency,
+        front_door_min_instances=args.front_door_min_instances, gpu_zonal_redundancy=args.gpu_zonal_redundancy,
+        service_account=args.service_account, front_door_service_account=args.front_door_service_account,
+        label_studio_url=args.label_studio_url, basic_auth_user=args.basic_auth_user,
+        secrets=secrets, env=dict(args.env), image_torch=args.image_torch,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from deploy.cloudrun import apply, dry_run
+
+    try:
+        spec = spec_from(args)
+        if args.dry_run:
+            print(dry_run(spec))
+            return 0
+        if args.label_studio_api_key:
+            print(f"lsfn: the API key goes into Secret Manager as {API_KEY_SECRET!r}, not into the service's variables",
+                  file=sys.stderr)  # fmt: skip
+            _store_secret(spec.project, API_KEY_SECRET, args.label_studio_api_key)
+        url = apply(spec, _services_client(args.api_endpoint), log=lambda line: print(f"lsfn: {line}", file=sys.stderr))
+    except DeployError as exc:
+        print(f"lsfn: {exc}", file=sys.stderr)
+        return 1
+    user = spec.basic_auth_user or "<BASIC_AUTH_USER>"
+    print(f"front door: {url}\nLabel Studio: Settings -> Model -> Connect Model, URL {url}, Basic auth user {user!r}")
+    print(f"or: lsfn connect {url} --project <ID> --label-studio <LABEL_STUDIO_URL> --token <TOKEN> "
+          f"--basic-auth {user}:<password>")  # fmt: skip
+    return 0
+
+
+def _services_client(endpoint: str | None) -> Any:
+    from google.cloud import run_v2
+
+    if endpoint:  # a test double or a private endpoint, over REST
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+
+        return run_v2.ServicesClient(credentials=AnonymousCredentials(), transport="rest",
+                                     client_options=ClientOptions(api_endpoint=endpoint))  # fmt: skip
+    return run_v2.ServicesClient()
+
+
+def _store_secret(project: str, secret_id: str, value: str) -> None:
+    """Add ``value`` as the newest version of the secret (created when missing)."""
+    from google.api_core import exceptions
+    from google.cloud import secretmanager
+
+    client = secretmanager.SecretManagerServiceClient()
+    parent = f"projects/{project}"
+    try:
+        client.create_secret(parent=parent, secret_id=secret_id, secret={"replication": {"automatic": {}}})
+    except exceptions.AlreadyExists:
+        pass
+    except exceptions.GoogleAPICallError as exc:
+        raise DeployError(f"cannot create the secret {secret_id}: {exc.message} (needs roles/secretmanager.admin)") from None
+    client.add_secret_version(parent=f"{parent}/secrets/{secret_id}", payload={"data": value.encode()})

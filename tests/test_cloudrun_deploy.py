@@ -1,0 +1,121 @@
+"""`lsfn deploy cloudrun`: the requests it would send (--dry-run), checked against what Cloud Run
+GPU needs and what the front door needs to reach a private GPU service."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+SECRET_VALUE = "pat-0123456789abcdef-not-to-be-printed"
+
+
+def deploy(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shared.cli", "deploy", "cloudrun", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def dry_run(*args: str) -> list[dict[str, Any]]:
+    done = deploy("sam2", "--project", "p", "--region", "europe-west4", "--dry-run", *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def container(step: dict[str, Any]) -> dict[str, Any]:
+    (only,) = step["request"]["service"]["template"]["containers"]
+    return only
+
+
+def env(step: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("value_source")) for e in container(step).get("env", [])}
+
+
+def test_the_gpu_service_is_one_l4_always_allocated_scaling_to_zero_and_private() -> None:
+    gpu, door, iam = dry_run()
+    assert [s["method"] for s in (gpu, door, iam)] == ["create_or_update_service", "create_or_update_service", "add_iam_binding"]
+    assert gpu["request"]["service_id"] == "lsfn-sam2-gpu" and gpu["request"]["parent"] == "projects/p/locations/europe-west4"
+    service = gpu["request"]["service"]
+    template = service["template"]
+    resources = container(gpu)["resources"]
+    assert resources["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+    assert resources["cpu_idle"] is False and resources["startup_cpu_boost"] is True
+    assert template["node_selector"] == {"accelerator": "nvidia-l4"} and template["gpu_zonal_redundancy_disabled"] is True
+    assert template["scaling"] == {"min_instance_count": 0, "max_instance_count": 3}
+    assert template["max_instance_request_concurrency"] == 4  # SAM 2's clicks share a GPU
+    assert int(template["timeout"].rstrip("s")) >= 100  # Label Studio waits 100 s
+    probe = container(gpu)["startup_probe"]
+    assert probe["http_get"]["path"] == "/health" and probe["period_seconds"] * probe["failure_threshold"] <= 240
+    assert probe["period_seconds"] * probe["failure_threshold"] >= 120  # a cold load of SAM 2 large fits
+    assert container(gpu)["image"] == "europe-west4-docker.pkg.dev/p/lsfn/lsfn-sam2:latest"
+    assert service["invoker_iam_disabled"] is False  # IAM decides, and only the front door is bound
+    assert iam["request"] == {"resource": "projects/p/locations/europe-west4/services/lsfn-sam2-gpu",
+                              "binding": {"role": "roles/run.invoker",
+                                          "members": ["serviceAccount:lsfn-front-door@p.iam.gserviceaccount.com"]}}  # fmt: skip
+
+
+def test_the_front_door_is_small_public_warm_and_calls_the_gpu_service_with_an_id_token() -> None:
+    gpu, door, _ = dry_run("--basic-auth-user", "annotators", "--secret", "BASIC_AUTH_PASS=lsfn-pass:2")
+    service = door["request"]["service"]
+    assert door["request"]["service_id"] == "lsfn-sam2" and service["invoker_iam_disabled"] is True
+    resources = container(door)["resources"]
+    assert resources["cpu_idle"] is True and "nvidia.com/gpu" not in resources["limits"]
+    assert service["template"]["scaling"]["min_instance_count"] == 1
+    variables = env(door)
+    assert variables["UPSTREAM_URL"] == "${lsfn-sam2-gpu.uri}" and variables["UPSTREAM_AUTH"] == "google-id-token"
+    assert variables["LSFN_FUNCTION"] == "sam2" and variables["BASIC_AUTH_USER"] == "annotators"
+    assert variables["BASIC_AUTH_PASS"] == {"secret_key_ref": {"secret": "lsfn-pass", "version": "2"}}
+    assert "BASIC_AUTH_PASS" not in env(gpu)  # the GPU service runs behind the front door's auth
+    assert container(door)["image"] == "europe-west4-docker.pkg.dev/p/lsfn/lsfn-sam2-front-door:latest"
+
+
+def test_secrets_are_references_and_a_plain_api_key_never_appears() -> None:
+    steps = dry_run("--label-studio-api-key", SECRET_VALUE, "--secret", "WEBHOOK_SECRET=hook",
+                    "--label-studio-url", "https://ls.example.com")  # fmt: skip
+    text = json.dumps(steps)
+    assert SECRET_VALUE not in text
+    gpu, door, _ = steps
+    assert env(gpu)["LABEL_STUDIO_API_KEY"] == {"secret_key_ref": {"secret": "lsfn-label-studio-api-key", "version": "latest"}}
+    assert env(gpu)["LABEL_STUDIO_URL"] == "https://ls.example.com"
+    assert env(door)["WEBHOOK_SECRET"] == {"secret_key_ref": {"secret": "hook", "version": "latest"}}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--cpu", "2"), "nvidia-l4 needs at least 4 vCPU and 16 GiB"),
+        (("--memory", "8"), "nvidia-l4 needs at least 4 vCPU and 16 GiB"),
+        (("--gpu-type", "nvidia-rtx-pro-6000", "--cpu", "8"), "nvidia-rtx-pro-6000 needs at least 20 vCPU and 80 GiB"),
+        (("--min-instances", "4", "--max-instances", "2"), "need 0 <= min <= max"),
+        (("--env", "WEBHOOK_SECRET=x"), "WEBHOOK_SECRET is a secret"),
+        (("--image", "r/lsfn-sam2:v1-pypi"), "built for CUDA 13.0"),
+        (("--image-torch", "cu130"), "runs driver 535.216.03 (CUDA 12.2)"),
+        (("--image-torch", "cpu"), "CPU torch"),
+    ],
+)
+def test_a_deploy_that_cannot_work_is_refused_naming_why(args: tuple[str, ...], message: str) -> None:
+    done = deploy("sam2", "--project", "p", "--region", "europe-west4", "--dry-run", *args)
+    assert done.returncode == 1 and message in done.stderr and not done.stdout
+
+
+def test_a_cuda_13_image_runs_on_the_rtx_pro_6000() -> None:
+    gpu, _, _ = dry_run("--gpu-type", "nvidia-rtx-pro-6000", "--cpu", "20", "--memory", "80", "--image-torch", "pypi",
+                        "--concurrency", "2", "--max-instances", "1", "--env", "MODEL_SIZE=tiny")  # fmt: skip
+    template = gpu["request"]["service"]["template"]
+    assert template["node_selector"]["accelerator"] == "nvidia-rtx-pro-6000"
+    assert container(gpu)["resources"]["limits"] == {"cpu": "20", "memory": "80Gi", "nvidia.com/gpu": "1"}
+    assert template["max_instance_request_concurrency"] == 2 and template["scaling"]["max_instance_count"] == 1
+    assert env(gpu)["MODEL_SIZE"] == "tiny"
+
+
+def test_label_studio_ml_backend_spellings_are_accepted() -> None:
+    done = deploy("grounding_dino", "--gcp-project-id", "p", "--gcp-region", "us-central1", "--label-studio-host",
+                  "https://ls", "--dry-run")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    gpu = json.loads(done.stdout)[0]
+    assert gpu["request"]["service"]["template"]["max_instance_request_concurrency"] == 1  # a batch fills the GPU
+    assert env(gpu)["LABEL_STUDIO_URL"] == "https://ls"
