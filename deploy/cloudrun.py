@@ -95,7 +95,7 @@ def _explain(exc: Exception, what: str) -> DeployError:
     """An Admin API error as one sentence a deployer can act on."""
     from google.api_core import exceptions
 
-    if isinstance(exc, exceptions.PermissionDenied):
+    if isinstance(exc, (exceptions.PermissionDenied, exceptions.Forbidden)):  # gRPC, REST
         return DeployError(f"permission denied to {what}: the deploying account needs roles/run.admin on the project "
                            f"and roles/iam.serviceAccountUser on the services' accounts ({exc.message})")  # fmt: skip
     if isinstance(exc, exceptions.GoogleAPICallError):
@@ -156,7 +156,7 @@ def _add_binding(services: Any, request: dict[str, Any], log: Callable[[str], No
             services.set_iam_policy(request=iam_policy_pb2.SetIamPolicyRequest(resource=resource, policy=policy))
             log(f"{resource}: {role} granted to {', '.join(missing)}")
             return
-        except (exceptions.Aborted, exceptions.Conflict, exceptions.FailedPrecondition):
+        except (exceptions.Aborted, exceptions.Conflict, exceptions.FailedPrecondition, exceptions.PreconditionFailed):
             time.sleep(min(2.0, 0.2 * 2**attempt))  # someone else wrote the policy: read it again
         except exceptions.GoogleAPICallError as exc:
             raise _explain(exc, f"grant {role} on {resource}") from None
