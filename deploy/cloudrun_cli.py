@@ -4,6 +4,7 @@ accepted where they mean the same) and running it."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any
@@ -91,7 +92,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec = spec_from(args)
         if args.dry_run:
-            print(dry_run(spec))
+            steps = json.loads(dry_run(spec))
+            if args.label_studio_api_key:  # the value itself is never printed
+                payload = f"<{len(args.label_studio_api_key.encode())} bytes, not shown>"
+                steps.insert(0, {"method": "add_secret_version",
+                                 "request": {"parent": f"projects/{spec.project}/secrets/{API_KEY_SECRET}",
+                                             "payload": {"data": payload}}})  # fmt: skip
+            print(json.dumps(steps, indent=2))
             return 0
         if args.label_studio_api_key:
             print(f"lsfn: the API key goes into Secret Manager as {API_KEY_SECRET!r}, not into the service's variables",

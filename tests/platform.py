@@ -36,8 +36,11 @@ class Forwarded:
 class ScaleToZero:
     def __init__(
         self, function: str | Path, tmp: Path, env: dict[str, str | None], model_root: Path | None = None,
-        idle: float = 3.0, start_delay: float = 0.0, args: tuple[str, ...] = (),
+        idle: float = 3.0, start_delay: float = 0.0, args: tuple[str, ...] = (), bearer: str | None = None,
     ) -> None:  # fmt: skip
+        """``bearer``: the token every request must carry, as Cloud Run's IAM check of a private
+        service demands an ID token (others are refused with 403 and start nothing)."""
+        self.bearer = bearer
         self._spawn = lambda: Function(function, tmp / f"run-{self.starts}", env, model_root, args=args)
         self.idle = idle
         self.start_delay = start_delay
@@ -93,6 +96,9 @@ class ScaleToZero:
             time.sleep(0.1)
 
     def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self.bearer is not None and headers.get("Authorization") != f"Bearer {self.bearer}":
+            self.forwarded.append(Forwarded(method, path, 403, body, False))
+            return 403, {"Content-Type": "text/plain"}, b"Forbidden: no valid identity token"
         with self._lock:
             self._in_flight += 1
             cold = self._fn is None

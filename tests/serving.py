@@ -15,7 +15,7 @@ import urllib3
 
 from tests.servers import free_port, stop_group
 
-__all__ = ["HTTP", "Function", "call", "network_attempts", "network_guard", "wait_listening"]
+__all__ = ["HTTP", "Function", "call", "fixed_id_token", "network_attempts", "network_guard", "wait_listening"]
 
 ROOT = Path(__file__).parent.parent
 HTTP = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2, read=120))
@@ -67,6 +67,18 @@ def network_guard(tmp: Path) -> dict[str, str]:
     guard.mkdir(parents=True, exist_ok=True)
     (guard / "sitecustomize.py").write_text(_NETWORK_GUARD)
     return {"PYTHONPATH": str(guard), "NETWORK_ATTEMPTS": str(tmp / "attempts.txt")}
+
+
+def fixed_id_token(tmp: Path, token: str) -> dict[str, str]:
+    """Environment variables for a front door process whose Google ID tokens (no metadata server
+    here) are ``token``, which the local stand-in for the private GPU service checks."""
+    folder = tmp / "id-token"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import shared.runtime.id_token as _tokens\n"
+        f"_tokens._fetch_from_google = lambda audience: {token!r}\n"
+    )
+    return {"PYTHONPATH": str(folder)}
 
 
 def network_attempts(tmp: Path) -> str:

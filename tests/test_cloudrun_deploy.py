@@ -78,7 +78,9 @@ def test_secrets_are_references_and_a_plain_api_key_never_appears() -> None:
                     "--label-studio-url", "https://ls.example.com")  # fmt: skip
     text = json.dumps(steps)
     assert SECRET_VALUE not in text
-    gpu, door, _ = steps
+    stored, gpu, door, _ = steps
+    assert stored["method"] == "add_secret_version"
+    assert stored["request"]["parent"] == "projects/p/secrets/lsfn-label-studio-api-key"
     assert env(gpu)["LABEL_STUDIO_API_KEY"] == {"secret_key_ref": {"secret": "lsfn-label-studio-api-key", "version": "latest"}}
     assert env(gpu)["LABEL_STUDIO_URL"] == "https://ls.example.com"
     assert env(door)["WEBHOOK_SECRET"] == {"secret_key_ref": {"secret": "hook", "version": "latest"}}
