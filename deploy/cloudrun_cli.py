@@ -56,6 +56,10 @@ def add_parser(commands: Any) -> None:
     cmd.add_argument("--secret", action="append", type=_pair, default=[], metavar="NAME=SECRET[:VERSION]",
                      help="an environment variable from Secret Manager (LABEL_STUDIO_API_KEY, BASIC_AUTH_PASS, WEBHOOK_SECRET)")
     cmd.add_argument("--env", action="append", type=_pair, default=[], metavar="KEY=VALUE")
+    cmd.add_argument("--connect-project", type=int, metavar="N",
+                     help="then connect Label Studio's project N to the front door (lsfn connect: needs --label-studio-url, "
+                          "the API key, and BASIC_AUTH_PASS / WEBHOOK_SECRET in this shell when the deploy sets them)")
+    cmd.add_argument("--interactive", action="store_true", help="with --connect-project: for interactive pre-annotation")
     cmd.add_argument("--dry-run", action="store_true", help="print the requests as JSON and send none")
     cmd.add_argument("--api-endpoint", help="the Cloud Run Admin API's address (tests, private endpoints)")
 
@@ -108,11 +112,38 @@ def run(args: argparse.Namespace) -> int:
     except DeployError as exc:
         print(f"lsfn: {exc}", file=sys.stderr)
         return 1
+    if args.connect_project is not None:
+        return _connect(spec, url, args)
     user = spec.basic_auth_user or "<BASIC_AUTH_USER>"
     print(f"front door: {url}\nLabel Studio: Settings -> Model -> Connect Model, URL {url}, Basic auth user {user!r}")
     print(f"or: lsfn connect {url} --project <ID> --label-studio <LABEL_STUDIO_URL> --token <TOKEN> "
           f"--basic-auth {user}:<password>")  # fmt: skip
     return 0
+
+
+def _connect(spec: DeploySpec, url: str, args: argparse.Namespace) -> int:
+    """`lsfn connect` the deployed front door to the project."""
+    from deploy.connect import ConnectError, LabelStudio, connect
+
+    token = args.label_studio_api_key or os.environ.get("LABEL_STUDIO_API_KEY")
+    if not spec.label_studio_url or not token:
+        print("lsfn: --connect-project needs --label-studio-url and the API key (--label-studio-api-key or LABEL_STUDIO_API_KEY)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    password = os.environ.get("BASIC_AUTH_PASS")
+    basic = (spec.basic_auth_user, password) if spec.basic_auth_user and password else None
+    if spec.basic_auth_user and not password:
+        print("lsfn: set BASIC_AUTH_PASS in this shell (the front door's password) to connect", file=sys.stderr)
+        return 2
+    try:
+        done = connect(LabelStudio(spec.label_studio_url, token), args.connect_project, url, basic_auth=basic,
+                       interactive=args.interactive, webhook_secret=os.environ.get("WEBHOOK_SECRET"))  # fmt: skip
+    except ConnectError as exc:
+        print(f"lsfn: deployed at {url}, but connecting project {args.connect_project} failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"front door: {url}")
+    print(done.report())
+    return 0 if done.state == "connected" else 1
 
 
 def _services_client(endpoint: str | None) -> Any:

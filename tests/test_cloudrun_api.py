@@ -5,6 +5,7 @@ the IAM binding written once, with its etag, retried when another writer got the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -100,3 +101,26 @@ def test_the_command_deploys_and_prints_what_label_studio_needs(api: FakeCloudRu
     assert "lsfn connect https://lsfn-sam2-abc123-ez.a.run.app --project <ID>" in done.stdout and "annotators:" in done.stdout
     assert f"creating {GPU}" in done.stderr
     assert json.dumps(api.services[DOOR]).count("lsfn-pass") == 1  # a secret reference, by name
+
+
+def test_connect_project_connects_the_deployed_front_door(api: FakeCloudRun) -> None:
+    """--connect-project runs `lsfn connect` with the front door's URL; a Label Studio that
+    refuses it says so after the deploy (which stays done)."""
+    from tests.servers import Answer, RecordingServer
+
+    label_studio = RecordingServer()
+    label_studio.routes["/api/ml"] = Answer(401, b'{"detail": "Invalid token."}')
+    label_studio.routes["/api/projects/7"] = Answer(401, b'{"detail": "Invalid token."}')
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "deploy", "cloudrun", "sam2", "--project", "p", "--region", "europe-west4",
+             "--image", "r/lsfn-sam2:v1-cu126", "--api-endpoint", api.endpoint, "--connect-project", "7",
+             "--label-studio-url", label_studio.url],
+            cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "LABEL_STUDIO_API_KEY": "0123abcd"},
+        )  # fmt: skip
+    finally:
+        label_studio.close()
+    assert done.returncode == 1, done.stderr
+    assert "deployed at https://lsfn-sam2-abc123-ez.a.run.app, but connecting project 7 failed" in done.stderr
+    assert label_studio.paths(), "Label Studio was never asked"
+    assert DOOR in api.services  # the deploy itself is done

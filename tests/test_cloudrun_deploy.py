@@ -121,3 +121,53 @@ def test_label_studio_ml_backend_spellings_are_accepted() -> None:
     gpu = json.loads(done.stdout)[0]
     assert gpu["request"]["service"]["template"]["max_instance_request_concurrency"] == 1  # a batch fills the GPU
     assert env(gpu)["LABEL_STUDIO_URL"] == "https://ls"
+
+
+def _cloudbuild_script(step_id: str, substitutions: dict[str, str] | None = None) -> str:
+    """A cloudbuild.yaml step's bash as Cloud Build runs it: substitutions applied, $$ -> $."""
+    import re
+
+    import yaml
+
+    document = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+    values = {**document["substitutions"], "PROJECT_ID": "p", **(substitutions or {})}
+    (step,) = [s for s in document["steps"] if s["id"] == step_id]
+    script = step["args"][-1]
+    script = re.sub(r"\$\{(_[A-Z_]+)\}|\$(PROJECT_ID)\b", lambda m: values[m.group(1) or m.group(2)], script)
+    return script.replace("$$", "$")
+
+
+def test_cloudbuild_pushes_the_images_the_deploy_uses(tmp_path: Path) -> None:
+    """cloudbuild.yaml's build step, run with a docker that records its calls: every function's
+    two Dockerfile targets, tagged where `lsfn deploy cloudrun` looks for them."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "docker").write_text(f'#!/bin/bash\necho "$*" >> {calls}\n[ "$1" != pull ]\n')
+    (bin_dir / "docker").chmod(0o755)
+    script = _cloudbuild_script("build-and-push", {"_FUNCTIONS": "sam2 grounding_dino"})
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    builds = [line for line in calls.read_text().splitlines() if line.startswith("build")]
+    assert len(builds) == 4
+    stages = (ROOT / "Dockerfile").read_text()
+    for line in builds:
+        target = line.split("--target ")[1].split()[0]
+        assert f" AS {target}\n" in stages
+    registry = "europe-west4-docker.pkg.dev/p/lsfn"
+    assert f"-t {registry}/lsfn-sam2:latest -t {registry}/lsfn-sam2:latest-cu126" in builds[0]
+    assert "--build-arg FUNCTION=grounding_dino" in builds[2] and f"{registry}/lsfn-grounding-dino-front-door:latest" in builds[3]
+    # The images the command deploys by default are the ones pushed.
+    gpu, door, _ = dry_run()
+    assert container(gpu)["image"] == f"{registry}/lsfn-sam2:latest"
+    assert container(door)["image"] == f"{registry}/lsfn-sam2-front-door:latest"
+
+
+def test_cloudbuild_deploys_with_the_command_and_the_cuda_tag() -> None:
+    script = _cloudbuild_script("deploy", {"_DEPLOY": "true", "_FUNCTIONS": "sam2"})
+    assert subprocess.run(["bash", "-n", "-c", script], capture_output=True).returncode == 0
+    assert 'lsfn deploy cloudrun "$function"' in script
+    assert '--image "$name:latest-cu126"' in script and '--front-door-image "$name-front-door:latest"' in script
