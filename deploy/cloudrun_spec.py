@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from functions.torch_device import MIN_DRIVER  # the CUDA -> driver facts, kept in one place
+
 __all__ = [
     "FRONT_DOOR_SECRETS", "FUNCTIONS", "GPUS", "DeployError", "DeploySpec", "Gpu", "cuda_of_torch_build",
     "front_door_service", "gpu_service", "image_torch_build", "service_name",
@@ -37,8 +39,6 @@ GPUS = {
     "nvidia-l4": Gpu("nvidia-l4", "535.216.03", (12, 2), 4, 16),
     "nvidia-rtx-pro-6000": Gpu("nvidia-rtx-pro-6000", "580", (13, 0), 20, 80),
 }
-# The oldest driver each CUDA major release runs on (minor-version compatibility).
-MIN_DRIVER = {12: 525, 13: 580}
 
 
 @dataclass(frozen=True)
