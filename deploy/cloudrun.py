@@ -41,10 +41,6 @@ def _message_dict(message: Any) -> dict[str, Any]:
                                  always_print_fields_with_no_presence=False)  # fmt: skip
 
 
-def front_door_account(spec: DeploySpec) -> str:
-    return spec.front_door_service_account or f"lsfn-front-door@{spec.project}.iam.gserviceaccount.com"
-
-
 def plan(spec: DeploySpec, gpu_url: str | None = None) -> list[Step]:
     """The requests of a deploy, in order. ``gpu_url``: the GPU service's URL once known (a
     placeholder naming it in a dry run)."""
@@ -55,8 +51,9 @@ def plan(spec: DeploySpec, gpu_url: str | None = None) -> list[Step]:
     door = {"parent": parent, "service_id": service_name(spec.function, "front-door"),
             "service": front_door_service(spec, upstream)}  # fmt: skip
     binding = {"resource": f"{parent}/services/{gpu_name}",
-               "binding": {"role": INVOKER, "members": [f"serviceAccount:{front_door_account(spec)}"]}}  # fmt: skip
-    return [Step("create_or_update_service", gpu), Step("create_or_update_service", door), Step("add_iam_binding", binding)]
+               "binding": {"role": INVOKER, "members": [f"serviceAccount:{spec.front_door_account}"]}}  # fmt: skip
+    # The binding before the front door: it is live as soon as it is created, and must be let in.
+    return [Step("create_or_update_service", gpu), Step("add_iam_binding", binding), Step("create_or_update_service", door)]
 
 
 def _service_dict(service: Any) -> dict[str, Any]:
@@ -83,7 +80,8 @@ def dry_run(spec: DeploySpec) -> str:
 
 
 def _subset(want: Any, have: Any) -> bool:
-    """Every value ``want`` sets is what ``have`` holds (Cloud Run adds fields of its own)."""
+    """Every value ``want`` sets is what ``have`` holds (Cloud Run adds fields of its own).
+    Both sides come from ``_service_dict``: the fields whose 0 or false matters are in both."""
     if isinstance(want, dict):
         return isinstance(have, dict) and all(_subset(v, have.get(k)) for k, v in want.items() if v not in ({}, [], "", None))
     if isinstance(want, list):
@@ -118,7 +116,7 @@ def _deploy_service(services: Any, request: dict[str, Any], log: Callable[[str],
         if current is None:
             log(f"creating {name}")
             operation = services.create_service(parent=request["parent"], service=desired, service_id=request["service_id"])
-        elif _subset(_message_dict(desired), _message_dict(current)):
+        elif _subset(_service_dict(desired), _service_dict(current)):
             log(f"{name}: unchanged")
             return current
         else:
@@ -134,16 +132,18 @@ def _add_binding(services: Any, request: dict[str, Any], log: Callable[[str], No
     """Read-modify-write of the service's IAM policy, with its etag; a member already bound is
     not added twice; a write that lost a race is retried on a fresh read."""
     from google.api_core import exceptions
-    from google.iam.v1 import iam_policy_pb2, policy_pb2
+    from google.iam.v1 import iam_policy_pb2, options_pb2, policy_pb2
 
     resource, role = request["resource"], request["binding"]["role"]
     members = request["binding"]["members"]
     for attempt in range(IAM_ATTEMPTS):
         try:
-            policy = services.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=resource))
+            options = options_pb2.GetPolicyOptions(requested_policy_version=3)  # conditional bindings intact
+            policy = services.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=resource, options=options))
         except exceptions.GoogleAPICallError as exc:
             raise _explain(exc, f"read the IAM policy of {resource}") from None
-        binding = next((b for b in policy.bindings if b.role == role), None)
+        # A binding with a condition grants only under it: ours is unconditional.
+        binding = next((b for b in policy.bindings if b.role == role and not b.HasField("condition")), None)
         missing = [m for m in members if binding is None or m not in binding.members]
         if not missing:
             log(f"{resource}: {role} already granted to {', '.join(members)}")
@@ -165,11 +165,10 @@ def _add_binding(services: Any, request: dict[str, Any], log: Callable[[str], No
 
 def apply(spec: DeploySpec, services: Any, log: Callable[[str], None] = print, timeout: float = 900) -> str:
     """Deploy through ``services`` (a ``run_v2.ServicesClient``); the front door's URL."""
-    steps = plan(spec)
-    gpu = _deploy_service(services, steps[0].request, log, timeout)
+    gpu_step, binding, _ = plan(spec)
+    gpu = _deploy_service(services, gpu_step.request, log, timeout)
     if not gpu.uri:
         raise DeployError(f"{gpu.name} has no URL after its deploy")
-    door_step = plan(spec, gpu_url=gpu.uri)[1]
-    door = _deploy_service(services, door_step.request, log, timeout)
-    _add_binding(services, steps[2].request, log)
+    _add_binding(services, binding.request, log)
+    door = _deploy_service(services, plan(spec, gpu_url=gpu.uri)[2].request, log, timeout)
     return door.uri

@@ -53,6 +53,8 @@ def add_parser(commands: Any) -> None:
     cmd.add_argument("--label-studio-url", "--label-studio-host", default=os.environ.get("LABEL_STUDIO_URL"))
     cmd.add_argument("--label-studio-api-key", help="stored as a Secret Manager secret version, never as a plain variable")
     cmd.add_argument("--basic-auth-user", default=os.environ.get("BASIC_AUTH_USER"))
+    cmd.add_argument("--allow-unauthenticated", action="store_true",
+                     help="a public front door without Basic auth (anyone with the URL can use the GPU)")
     cmd.add_argument("--secret", action="append", type=_pair, default=[], metavar="NAME=SECRET[:VERSION]",
                      help="an environment variable from Secret Manager (LABEL_STUDIO_API_KEY, BASIC_AUTH_PASS, WEBHOOK_SECRET)")
     cmd.add_argument("--env", action="append", type=_pair, default=[], metavar="KEY=VALUE")
@@ -74,9 +76,6 @@ def spec_from(args: argparse.Namespace) -> DeploySpec:
         if "LABEL_STUDIO_API_KEY" in secrets:
             raise DeployError("give LABEL_STUDIO_API_KEY either as --secret or as --label-studio-api-key, not both")
         secrets["LABEL_STUDIO_API_KEY"] = API_KEY_SECRET
-    for name in dict(args.env):
-        if name in {"LABEL_STUDIO_API_KEY", "BASIC_AUTH_PASS", "WEBHOOK_SECRET"}:
-            raise DeployError(f"{name} is a secret: give it with --secret {name}=<Secret Manager name>, not --env")
     return DeploySpec(
         function=args.function, project=args.project, region=args.region,
         image=args.image or f"{registry}/{base}:{args.tag}",
@@ -86,7 +85,7 @@ def spec_from(args: argparse.Namespace) -> DeploySpec:
         front_door_min_instances=args.front_door_min_instances, gpu_zonal_redundancy=args.gpu_zonal_redundancy,
         service_account=args.service_account, front_door_service_account=args.front_door_service_account,
         label_studio_url=args.label_studio_url, basic_auth_user=args.basic_auth_user,
-        secrets=secrets, env=dict(args.env), image_torch=args.image_torch,
+        secrets=secrets, env=dict(args.env), image_torch=args.image_torch, allow_unauthenticated=args.allow_unauthenticated,
     )  # fmt: skip
 
 
@@ -107,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
         if args.label_studio_api_key:
             print(f"lsfn: the API key goes into Secret Manager as {API_KEY_SECRET!r}, not into the service's variables",
                   file=sys.stderr)  # fmt: skip
-            _store_secret(spec.project, API_KEY_SECRET, args.label_studio_api_key)
+            # Pinned to its version: a new key makes a new revision, which reads it.
+            version = _store_secret(spec.project, API_KEY_SECRET, args.label_studio_api_key)
+            spec.secrets["LABEL_STUDIO_API_KEY"] = f"{API_KEY_SECRET}:{version}"
         url = apply(spec, _services_client(args.api_endpoint), log=lambda line: print(f"lsfn: {line}", file=sys.stderr))
     except DeployError as exc:
         print(f"lsfn: {exc}", file=sys.stderr)
@@ -158,17 +159,26 @@ def _services_client(endpoint: str | None) -> Any:
     return run_v2.ServicesClient()
 
 
-def _store_secret(project: str, secret_id: str, value: str) -> None:
-    """Add ``value`` as the newest version of the secret (created when missing)."""
+def _store_secret(project: str, secret_id: str, value: str) -> str:
+    """The version of the secret holding ``value``: its latest when that already holds it (a
+    second run adds nothing), else a new one (the secret is created when missing)."""
     from google.api_core import exceptions
     from google.cloud import secretmanager
 
     client = secretmanager.SecretManagerServiceClient()
-    parent = f"projects/{project}"
+    parent, name = f"projects/{project}", f"projects/{project}/secrets/{secret_id}"
     try:
-        client.create_secret(parent=parent, secret_id=secret_id, secret={"replication": {"automatic": {}}})
-    except exceptions.AlreadyExists:
-        pass
+        try:
+            latest = client.access_secret_version(name=f"{name}/versions/latest")
+            if latest.payload.data == value.encode():
+                return latest.name.rsplit("/", 1)[1]
+        except exceptions.NotFound:
+            try:
+                client.create_secret(parent=parent, secret_id=secret_id, secret={"replication": {"automatic": {}}})
+            except exceptions.AlreadyExists:  # it exists without versions
+                pass
+        version = client.add_secret_version(parent=name, payload={"data": value.encode()})
     except exceptions.GoogleAPICallError as exc:
-        raise DeployError(f"cannot create the secret {secret_id}: {exc.message} (needs roles/secretmanager.admin)") from None
-    client.add_secret_version(parent=f"{parent}/secrets/{secret_id}", payload={"data": value.encode()})
+        raise DeployError(f"cannot store the API key in the secret {secret_id}: {exc.message} "
+                          "(the deploying account needs roles/secretmanager.admin)") from None  # fmt: skip
+    return version.name.rsplit("/", 1)[1]

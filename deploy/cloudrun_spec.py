@@ -13,7 +13,7 @@ from typing import Any
 from functions.torch_device import MIN_DRIVER  # the CUDA -> driver facts, kept in one place
 
 __all__ = [
-    "FRONT_DOOR_SECRETS", "FUNCTIONS", "GPUS", "DeployError", "DeploySpec", "Gpu", "cuda_of_torch_build",
+    "FRONT_DOOR_SECRETS", "FUNCTIONS", "GPUS", "SECRET_VARIABLES", "DeployError", "DeploySpec", "Gpu", "cuda_of_torch_build",
     "front_door_service", "gpu_service", "image_torch_build", "service_name",
 ]  # fmt: skip
 
@@ -59,6 +59,8 @@ FUNCTIONS = {
 # Secrets the front door checks itself (the GPU service behind it runs without them); every
 # other secret (LABEL_STUDIO_API_KEY: fetching task images) goes to the GPU service.
 FRONT_DOOR_SECRETS = frozenset({"BASIC_AUTH_PASS", "ML_SERVER_BASIC_AUTH_PASS", "WEBHOOK_SECRET"})
+# Variables that only ever come from Secret Manager.
+SECRET_VARIABLES = FRONT_DOOR_SECRETS | {"LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"}
 # Cloud Run's startup probe may run at most 240 s: /health answers 503 until the model is
 # loaded and warmed up.
 STARTUP_PROBE = {"period_seconds": 5, "failure_threshold": 48, "timeout_seconds": 4}
@@ -91,6 +93,12 @@ class DeploySpec:
     secrets: dict[str, str] = field(default_factory=dict)  # env name -> "secret[:version]"
     env: dict[str, str] = field(default_factory=dict)
     image_torch: str | None = None  # the image's TORCH build (cu126, pypi, ...); None: from its tag
+    allow_unauthenticated: bool = False  # a public front door without Basic auth (a demo)
+
+    @property
+    def front_door_account(self) -> str:
+        """The front door's identity: the one account the GPU service lets in."""
+        return self.front_door_service_account or f"lsfn-front-door@{self.project}.iam.gserviceaccount.com"
 
     @property
     def gpu(self) -> Gpu:
@@ -115,6 +123,14 @@ class DeploySpec:
         for name in self.env:
             if name in self.secrets:
                 raise DeployError(f"{name} is given both as --env and as --secret")
+            if name in SECRET_VARIABLES:
+                raise DeployError(f"{name} is a secret: give it with --secret {name}=<Secret Manager name>, not --env")
+        has_password = any(name in self.secrets for name in ("BASIC_AUTH_PASS", "ML_SERVER_BASIC_AUTH_PASS"))
+        if not self.allow_unauthenticated and not (self.basic_auth_user and has_password):
+            raise DeployError(
+                "the front door is public: give --basic-auth-user and --secret BASIC_AUTH_PASS=<secret> (Label Studio "
+                "sends them), or --allow-unauthenticated to let anyone spend your GPU time"
+            )
         torch_build = self.image_torch or image_torch_build(self.image)
         if torch_build is not None:
             check_image_cuda(torch_build, gpu)
@@ -259,7 +275,7 @@ def front_door_service(spec: DeploySpec, upstream_url: str) -> Any:
         scaling=run_v2.RevisionScaling(min_instance_count=spec.front_door_min_instances, max_instance_count=10),
         max_instance_request_concurrency=80,
         timeout=duration_pb2.Duration(seconds=REQUEST_TIMEOUT_SECONDS),
-        service_account=spec.front_door_service_account or "",
+        service_account=spec.front_door_account,
         labels={"lsfn-function": spec.function.replace("_", "-"), "lsfn-role": "front-door"},
     )
     return run_v2.Service(

@@ -50,7 +50,9 @@ def members(api: FakeCloudRun) -> list[str]:
 def test_a_first_deploy_creates_both_services_and_binds_only_the_front_door(api: FakeCloudRun) -> None:
     url = deploy(api)
     assert url == "https://lsfn-sam2-abc123-ez.a.run.app"
-    assert api.calls("POST")[:2] == [f"POST /v2/{PARENT}/services", f"POST /v2/{PARENT}/services"]
+    # The GPU service, its binding, then the front door (which is live as soon as it exists).
+    assert [c for c in api.calls("POST") if not c.endswith(":getIamPolicy")] == [
+        f"POST /v2/{PARENT}/services", f"POST /v2/{GPU}:setIamPolicy", f"POST /v2/{PARENT}/services"]  # fmt: skip
     assert [r.query["serviceId"][0] for r in api.requests if "serviceId" in r.query] == ["lsfn-sam2-gpu", "lsfn-sam2"]
     # The front door was created knowing the GPU service's URL.
     door_env = {e["name"]: e.get("value") for e in api.services[DOOR]["template"]["containers"][0]["env"]}
@@ -70,10 +72,12 @@ def test_a_second_deploy_with_the_same_arguments_changes_nothing(api: FakeCloudR
 
 
 def test_a_changed_argument_updates_the_service_it_concerns(api: FakeCloudRun) -> None:
-    deploy(api)
+    deploy(api, min_instances=1)
     deploy(api, max_instances=5)
     assert api.calls("PATCH") == [f"PATCH /v2/{GPU}"]
     assert api.services[GPU]["template"]["scaling"]["maxInstanceCount"] == 5
+    # Back to no minimum (proto3's 0 is "unset": still a change, the instance must not stay billed).
+    assert "minInstanceCount" not in api.services[GPU]["template"]["scaling"]
 
 
 def test_an_iam_write_that_lost_a_race_is_retried_with_a_fresh_etag(api: FakeCloudRun) -> None:
@@ -115,6 +119,7 @@ def test_connect_project_connects_the_deployed_front_door(api: FakeCloudRun) -> 
         done = subprocess.run(
             [sys.executable, "-m", "shared.cli", "deploy", "cloudrun", "sam2", "--project", "p", "--region", "europe-west4",
              "--image", "r/lsfn-sam2:v1-cu126", "--api-endpoint", api.endpoint, "--connect-project", "7",
+             "--allow-unauthenticated",
              "--label-studio-url", label_studio.url],
             cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "LABEL_STUDIO_API_KEY": "0123abcd"},
         )  # fmt: skip

@@ -20,8 +20,11 @@ def deploy(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
 
 
+AUTH = ("--basic-auth-user", "annotators", "--secret", "BASIC_AUTH_PASS=lsfn-pass:2")
+
+
 def dry_run(*args: str) -> list[dict[str, Any]]:
-    done = deploy("sam2", "--project", "p", "--region", "europe-west4", "--dry-run", *args)
+    done = deploy("sam2", "--project", "p", "--region", "europe-west4", "--dry-run", *AUTH, *args)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -36,8 +39,9 @@ def env(step: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_gpu_service_is_one_l4_always_allocated_scaling_to_zero_and_private() -> None:
-    gpu, door, iam = dry_run()
-    assert [s["method"] for s in (gpu, door, iam)] == ["create_or_update_service", "create_or_update_service", "add_iam_binding"]
+    gpu, iam, door = dry_run()
+    # The binding before the front door: the front door calls the GPU service from its first request.
+    assert [s["method"] for s in (gpu, iam, door)] == ["create_or_update_service", "add_iam_binding", "create_or_update_service"]
     assert gpu["request"]["service_id"] == "lsfn-sam2-gpu" and gpu["request"]["parent"] == "projects/p/locations/europe-west4"
     service = gpu["request"]["service"]
     template = service["template"]
@@ -59,8 +63,10 @@ def test_the_gpu_service_is_one_l4_always_allocated_scaling_to_zero_and_private(
 
 
 def test_the_front_door_is_small_public_warm_and_calls_the_gpu_service_with_an_id_token() -> None:
-    gpu, door, _ = dry_run("--basic-auth-user", "annotators", "--secret", "BASIC_AUTH_PASS=lsfn-pass:2")
+    gpu, _, door = dry_run()
     service = door["request"]["service"]
+    # It runs as the account the GPU service lets in.
+    assert service["template"]["service_account"] == "lsfn-front-door@p.iam.gserviceaccount.com"
     assert door["request"]["service_id"] == "lsfn-sam2" and service["invoker_iam_disabled"] is True
     resources = container(door)["resources"]
     assert resources["cpu_idle"] is True and "nvidia.com/gpu" not in resources["limits"]
@@ -78,7 +84,7 @@ def test_secrets_are_references_and_a_plain_api_key_never_appears() -> None:
                     "--label-studio-url", "https://ls.example.com")  # fmt: skip
     text = json.dumps(steps)
     assert SECRET_VALUE not in text
-    stored, gpu, door, _ = steps
+    stored, gpu, _, door = steps
     assert stored["method"] == "add_secret_version"
     assert stored["request"]["parent"] == "projects/p/secrets/lsfn-label-studio-api-key"
     assert env(gpu)["LABEL_STUDIO_API_KEY"] == {"secret_key_ref": {"secret": "lsfn-label-studio-api-key", "version": "latest"}}
@@ -97,11 +103,20 @@ def test_secrets_are_references_and_a_plain_api_key_never_appears() -> None:
         (("--image", "r/lsfn-sam2:v1-pypi"), "built for CUDA 13.0"),
         (("--image-torch", "cu130"), "runs driver 535.216.03 (CUDA 12.2)"),
         (("--image-torch", "cpu"), "CPU torch"),
+        (("--env", "ML_SERVER_BASIC_AUTH_PASS=x"), "ML_SERVER_BASIC_AUTH_PASS is a secret"),
     ],
 )
 def test_a_deploy_that_cannot_work_is_refused_naming_why(args: tuple[str, ...], message: str) -> None:
-    done = deploy("sam2", "--project", "p", "--region", "europe-west4", "--dry-run", *args)
+    done = deploy("sam2", "--project", "p", "--region", "europe-west4", "--dry-run", *AUTH, *args)
     assert done.returncode == 1 and message in done.stderr and not done.stdout
+
+
+def test_a_public_front_door_needs_basic_auth_or_says_it_is_open() -> None:
+    bare = ("sam2", "--project", "p", "--region", "europe-west4", "--dry-run")
+    for missing in ((), ("--basic-auth-user", "annotators")):
+        done = deploy(*bare, *missing)
+        assert done.returncode == 1 and "the front door is public: give --basic-auth-user and --secret BASIC_AUTH_PASS" in done.stderr
+    assert deploy(*bare, "--allow-unauthenticated").returncode == 0
 
 
 def test_a_cuda_13_image_runs_on_the_rtx_pro_6000() -> None:
@@ -116,7 +131,7 @@ def test_a_cuda_13_image_runs_on_the_rtx_pro_6000() -> None:
 
 def test_label_studio_ml_backend_spellings_are_accepted() -> None:
     done = deploy("grounding_dino", "--gcp-project-id", "p", "--gcp-region", "us-central1", "--label-studio-host",
-                  "https://ls", "--dry-run")  # fmt: skip
+                  "https://ls", "--dry-run", *AUTH)  # fmt: skip
     assert done.returncode == 0, done.stderr
     gpu = json.loads(done.stdout)[0]
     assert gpu["request"]["service"]["template"]["max_instance_request_concurrency"] == 1  # a batch fills the GPU
@@ -145,9 +160,12 @@ def test_cloudbuild_pushes_the_images_the_deploy_uses(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls"
-    (bin_dir / "docker").write_text(f'#!/bin/bash\necho "$*" >> {calls}\n[ "$1" != pull ]\n')
+    (bin_dir / "docker").write_text(f'#!/bin/bash\necho "$*" >> {calls}\n'
+                                    '[ "$1" = inspect ] && echo "${@: -1}@sha256:0123"\n[ "$1" != pull ]\n')
     (bin_dir / "docker").chmod(0o755)
-    script = _cloudbuild_script("build-and-push", {"_FUNCTIONS": "sam2 grounding_dino"})
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    script = _cloudbuild_script("build-and-push", {"_FUNCTIONS": "sam2 grounding_dino"}).replace("/workspace/", f"{workspace}/")
     done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -160,8 +178,10 @@ def test_cloudbuild_pushes_the_images_the_deploy_uses(tmp_path: Path) -> None:
     registry = "europe-west4-docker.pkg.dev/p/lsfn"
     assert f"-t {registry}/lsfn-sam2:latest -t {registry}/lsfn-sam2:latest-cu126" in builds[0]
     assert "--build-arg FUNCTION=grounding_dino" in builds[2] and f"{registry}/lsfn-grounding-dino-front-door:latest" in builds[3]
+    # The deploy step names them by digest.
+    assert (workspace / "sam2-function.digest").read_text().strip() == f"{registry}/lsfn-sam2:latest@sha256:0123"
     # The images the command deploys by default are the ones pushed.
-    gpu, door, _ = dry_run()
+    gpu, _, door = dry_run()
     assert container(gpu)["image"] == f"{registry}/lsfn-sam2:latest"
     assert container(door)["image"] == f"{registry}/lsfn-sam2-front-door:latest"
 
@@ -169,5 +189,5 @@ def test_cloudbuild_pushes_the_images_the_deploy_uses(tmp_path: Path) -> None:
 def test_cloudbuild_deploys_with_the_command_and_the_cuda_tag() -> None:
     script = _cloudbuild_script("deploy", {"_DEPLOY": "true", "_FUNCTIONS": "sam2"})
     assert subprocess.run(["bash", "-n", "-c", script], capture_output=True).returncode == 0
-    assert 'lsfn deploy cloudrun "$function"' in script
-    assert '--image "$name:latest-cu126"' in script and '--front-door-image "$name-front-door:latest"' in script
+    assert 'lsfn deploy cloudrun "$function"' in script and '--image-torch "cu126"' in script
+    assert '--image "$(cat "/workspace/$function-function.digest")"' in script

@@ -67,7 +67,7 @@ def deployed(tmp_path: Path, label_studio_server: LabelStudioServer, weights: Pa
     gpu_env = container_env(plan(spec)[0], SECRETS)
     gpu = ScaleToZero(gpu_env["LSFN_FUNCTION"], tmp_path / "gpu", {**gpu_env, **yolo_models.offline_env()}, weights,
                       idle=30.0, bearer=TOKEN)  # fmt: skip
-    door_env = container_env(plan(spec, gpu_url=gpu.url)[1], SECRETS)
+    door_env = container_env(plan(spec, gpu_url=gpu.url)[2], SECRETS)
     door = Function(door_env["LSFN_FUNCTION"], tmp_path / "door", {**door_env, **fixed_id_token(tmp_path, TOKEN)}, weights,
                     args=("--front-door",))  # fmt: skip
     try:
