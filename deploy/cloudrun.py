@@ -165,6 +165,9 @@ def _add_binding(services: Any, request: dict[str, Any], log: Callable[[str], No
 
 def apply(spec: DeploySpec, services: Any, log: Callable[[str], None] = print, timeout: float = 900) -> str:
     """Deploy through ``services`` (a ``run_v2.ServicesClient``); the front door's URL."""
+    problem = spec.open_front_door()
+    if problem:
+        raise DeployError(problem)
     gpu_step, binding, _ = plan(spec)
     gpu = _deploy_service(services, gpu_step.request, log, timeout)
     if not gpu.uri:

@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec = spec_from(args)
         if args.dry_run:
+            if problem := spec.open_front_door():
+                print(f"lsfn: warning: {problem} (a deploy refuses this)", file=sys.stderr)
             steps = json.loads(dry_run(spec))
             if args.label_studio_api_key:  # the value itself is never printed
                 payload = f"<{len(args.label_studio_api_key.encode())} bytes, not shown>"

@@ -125,15 +125,18 @@ class DeploySpec:
                 raise DeployError(f"{name} is given both as --env and as --secret")
             if name in SECRET_VARIABLES:
                 raise DeployError(f"{name} is a secret: give it with --secret {name}=<Secret Manager name>, not --env")
-        has_password = any(name in self.secrets for name in ("BASIC_AUTH_PASS", "ML_SERVER_BASIC_AUTH_PASS"))
-        if not self.allow_unauthenticated and not (self.basic_auth_user and has_password):
-            raise DeployError(
-                "the front door is public: give --basic-auth-user and --secret BASIC_AUTH_PASS=<secret> (Label Studio "
-                "sends them), or --allow-unauthenticated to let anyone spend your GPU time"
-            )
+
         torch_build = self.image_torch or image_torch_build(self.image)
         if torch_build is not None:
             check_image_cuda(torch_build, gpu)
+
+    def open_front_door(self) -> str | None:
+        """Why the front door would let anyone in, or None (a deploy refuses it, a dry run warns)."""
+        has_password = any(name in self.secrets for name in ("BASIC_AUTH_PASS", "ML_SERVER_BASIC_AUTH_PASS"))
+        if self.allow_unauthenticated or (self.basic_auth_user and has_password):
+            return None
+        return ("the front door is public: give --basic-auth-user and --secret BASIC_AUTH_PASS=<secret> (Label Studio "
+                "sends them), or --allow-unauthenticated to let anyone spend your GPU time")  # fmt: skip
 
     @property
     def gpu_cpu(self) -> int:

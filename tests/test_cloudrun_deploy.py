@@ -112,11 +112,15 @@ def test_a_deploy_that_cannot_work_is_refused_naming_why(args: tuple[str, ...], 
 
 
 def test_a_public_front_door_needs_basic_auth_or_says_it_is_open() -> None:
-    bare = ("sam2", "--project", "p", "--region", "europe-west4", "--dry-run")
+    """A dry run warns (it is a review); a deploy refuses before calling anything."""
+    bare = ("sam2", "--project", "p", "--region", "europe-west4")
+    message = "the front door is public: give --basic-auth-user and --secret BASIC_AUTH_PASS"
     for missing in ((), ("--basic-auth-user", "annotators")):
-        done = deploy(*bare, *missing)
-        assert done.returncode == 1 and "the front door is public: give --basic-auth-user and --secret BASIC_AUTH_PASS" in done.stderr
-    assert deploy(*bare, "--allow-unauthenticated").returncode == 0
+        reviewed = deploy(*bare, "--dry-run", *missing)
+        assert reviewed.returncode == 0 and f"warning: {message}" in reviewed.stderr and json.loads(reviewed.stdout)
+        refused = deploy(*bare, "--api-endpoint", "http://127.0.0.1:9", *missing)
+        assert refused.returncode == 1 and message in refused.stderr
+    assert "warning" not in deploy(*bare, "--dry-run", "--allow-unauthenticated").stderr
 
 
 def test_a_cuda_13_image_runs_on_the_rtx_pro_6000() -> None:
