@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _connect(spec: DeploySpec, url: str, args: argparse.Namespace) -> int:
     """`lsfn connect` the deployed front door to the project."""
-    from deploy.connect import ConnectError, LabelStudio, connect
+    from deploy.connect import connect_and_report
 
     token = args.label_studio_api_key or os.environ.get("LABEL_STUDIO_API_KEY")
     if not spec.label_studio_url or not token:
@@ -138,15 +138,10 @@ def _connect(spec: DeploySpec, url: str, args: argparse.Namespace) -> int:
     if spec.basic_auth_user and not password:
         print("lsfn: set BASIC_AUTH_PASS in this shell (the front door's password) to connect", file=sys.stderr)
         return 2
-    try:
-        done = connect(LabelStudio(spec.label_studio_url, token), args.connect_project, url, basic_auth=basic,
-                       interactive=args.interactive, webhook_secret=os.environ.get("WEBHOOK_SECRET"))  # fmt: skip
-    except ConnectError as exc:
-        print(f"lsfn: deployed at {url}, but connecting project {args.connect_project} failed: {exc}", file=sys.stderr)
-        return 1
     print(f"front door: {url}")
-    print(done.report())
-    return 0 if done.state == "connected" else 1
+    return connect_and_report(spec.label_studio_url, token, args.connect_project, url, basic_auth=basic,
+                              interactive=args.interactive, webhook_secret=os.environ.get("WEBHOOK_SECRET"),
+                              failure=f"deployed at {url}, but connecting project {args.connect_project} failed: ")  # fmt: skip
 
 
 def _services_client(endpoint: str | None) -> Any:

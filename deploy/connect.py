@@ -9,12 +9,13 @@ wherever a user has Python, next to Label Studio or not.
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ConnectError", "Connection", "LabelStudio", "connect"]
+__all__ = ["ConnectError", "Connection", "LabelStudio", "connect", "connect_and_report"]
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 _STATES = {"CO": "connected", "DI": "disconnected", "ER": "error", "TR": "training", "PR": "predicting"}
@@ -180,3 +181,16 @@ def _file_access(ls: LabelStudio, project: int) -> str:
                 return (f"task files: {value} answered {status} with this {kind}; the function needs a token that"
                         " Label Studio accepts (legacy tokens are off by default in 1.23: use a personal access token)")
     return "task files: no uploaded task file to check yet"
+
+
+def connect_and_report(label_studio: str, token: str, project: int, function_url: str, *, failure: str = "",
+                       **options: Any) -> int:  # fmt: skip
+    """`lsfn connect` as a command: connect (``options`` as ``connect`` takes them), print the
+    report; the exit status (1 when Label Studio refused). ``failure`` starts the error line."""
+    try:
+        done = connect(LabelStudio(label_studio, token), project, function_url, **options)
+    except ConnectError as exc:
+        print(f"lsfn: {failure}{exc}", file=sys.stderr)
+        return 1
+    print(done.report())
+    return 0 if done.state == "connected" else 1

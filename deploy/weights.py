@@ -76,6 +76,8 @@ def fetch_weights(listing: Path, dest: Path, mirror: str | None = None, timeout:
     if manifest is not None and not dest.resolve().is_relative_to(manifest.parent.resolve()):
         raise WeightsFetchError(f"the manifest {manifest} must lie in {dest} or above it (it names files relative to its folder)")
     dest.mkdir(parents=True, exist_ok=True)
+    # The manifest names files relative to its own folder (MODEL_ROOT when it lies there).
+    base = manifest.parent.resolve() if manifest is not None else None
     report, placed = [], []
     for entry in entries:
         name, pinned = entry["name"], entry.get("sha256")
@@ -98,15 +100,12 @@ def fetch_weights(listing: Path, dest: Path, mirror: str | None = None, timeout:
             target.unlink()
             raise WeightsFetchError(f"{name}: sha256 {digest} ({how}) is not the listed {pinned}; file removed")
         report.append(f"{name}: {how}, sha256 {'ok' if pinned else digest + ' (not pinned in the list: record it)'}")
-        placed.append({"name": name, "sha256": digest, "bytes": target.stat().st_size, "pinned": bool(pinned),
-                       "path": target.resolve()})  # fmt: skip
+        if base is not None:
+            placed.append({"name": target.resolve().relative_to(base).as_posix(), "sha256": digest,
+                           "bytes": target.stat().st_size, "pinned": bool(pinned)})  # fmt: skip
     if manifest is not None:
-        for item in placed:
-            item["name"] = item.pop("path").relative_to(manifest.parent.resolve()).as_posix()
         write_manifest(manifest, placed)
         report.append(f"manifest: {manifest} ({len(placed)} files)")
-    for item in placed:
-        item.pop("path", None)
     return report
 
 

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    from deploy.connect import ConnectError, LabelStudio, connect
+    from deploy.connect import connect_and_report
 
     if not args.label_studio or not args.token:
         print("lsfn: give --label-studio and --token (or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)", file=sys.stderr)
@@ -206,15 +206,8 @@ def _connect(args: argparse.Namespace) -> int:
     if basic is None and os.environ.get("BASIC_AUTH_USER") and os.environ.get("BASIC_AUTH_PASS"):
         basic = f"{os.environ['BASIC_AUTH_USER']}:{os.environ['BASIC_AUTH_PASS']}"
     credentials = tuple(basic.split(":", 1)) if basic else None
-    try:
-        ls = LabelStudio(args.label_studio, args.token)
-        done = connect(ls, args.project, args.url, title=args.title, basic_auth=credentials,  # type: ignore[arg-type]
-                       interactive=args.interactive, webhook_secret=args.webhook_secret)  # fmt: skip
-    except ConnectError as exc:
-        print(f"lsfn: {exc}", file=sys.stderr)
-        return 1
-    print(done.report())
-    return 0 if done.state == "connected" else 1
+    return connect_and_report(args.label_studio, args.token, args.project, args.url, title=args.title,
+                              basic_auth=credentials, interactive=args.interactive, webhook_secret=args.webhook_secret)  # fmt: skip
 
 
 if __name__ == "__main__":
