@@ -11,13 +11,13 @@ from typing import Any
 
 from deploy.cloudrun_spec import FUNCTIONS, GPUS, DeployError, DeploySpec, service_name
 
-__all__ = ["add_parser", "run", "spec_from"]
+__all__ = ["add_parser", "name_value", "run", "spec_from"]
 
 # The secret a plain --label-studio-api-key is stored in (never a plain environment variable).
 API_KEY_SECRET = "lsfn-label-studio-api-key"
 
 
-def _pair(text: str) -> tuple[str, str]:
+def name_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
@@ -55,9 +55,9 @@ def add_parser(commands: Any) -> None:
     cmd.add_argument("--basic-auth-user", default=os.environ.get("BASIC_AUTH_USER"))
     cmd.add_argument("--allow-unauthenticated", action="store_true",
                      help="a public front door without Basic auth (anyone with the URL can use the GPU)")
-    cmd.add_argument("--secret", action="append", type=_pair, default=[], metavar="NAME=SECRET[:VERSION]",
+    cmd.add_argument("--secret", action="append", type=name_value, default=[], metavar="NAME=SECRET[:VERSION]",
                      help="an environment variable from Secret Manager (LABEL_STUDIO_API_KEY, BASIC_AUTH_PASS, WEBHOOK_SECRET)")
-    cmd.add_argument("--env", action="append", type=_pair, default=[], metavar="KEY=VALUE")
+    cmd.add_argument("--env", action="append", type=name_value, default=[], metavar="KEY=VALUE")
     cmd.add_argument("--connect-project", type=int, metavar="N",
                      help="then connect Label Studio's project N to the front door (lsfn connect: needs --label-studio-url, "
                           "the API key, and BASIC_AUTH_PASS / WEBHOOK_SECRET in this shell when the deploy sets them)")

@@ -73,6 +73,10 @@ def pick_device(setting: str) -> str:
     Meta's SAM 2 notebooks and label-studio-ml-backend run)."""
     import torch
 
+    if setting in ("cpu", "mps"):
+        # CUDA is not asked about: torch remembers a first "no GPU", and a model set up on the
+        # CPU before a memory snapshot (Modal) must still find the GPU attached after restore.
+        return setting
     usable = torch.cuda.is_available()
     if setting == "auto":
         if not usable and torch.version.cuda is not None and gpu_attached():

@@ -144,11 +144,13 @@ def main(argv: list[str] | None = None) -> int:
                                             "small, base_plus, large)")
     weights_cmd.add_argument("--manifest", type=Path,
                              help="write what was placed (names, sha256, sizes) to this JSON file")
-    deploy_cmd = commands.add_parser("deploy", help="deploy a function (cloudrun)")
+    deploy_cmd = commands.add_parser("deploy", help="deploy a function (cloudrun, modal)")
     targets = deploy_cmd.add_subparsers(dest="target", required=True)
     from deploy.cloudrun_cli import add_parser as add_cloudrun
+    from deploy.modal_cli import add_parser as add_modal
 
     add_cloudrun(targets)
+    add_modal(targets)
     connect_cmd = commands.add_parser("connect", help="connect a function to a Label Studio project")
     connect_cmd.add_argument("url", help="the function's URL, as Label Studio reaches it")
     connect_cmd.add_argument("--project", type=int, required=True, help="the Label Studio project id")
@@ -189,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "connect":
         return _connect(args)
     if args.command == "deploy":
+        if args.target == "modal":
+            from deploy.modal_cli import run as deploy_modal
+
+            return deploy_modal(args)
         from deploy.cloudrun_cli import run as deploy_cloudrun
 
         return deploy_cloudrun(args)

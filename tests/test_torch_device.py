@@ -76,3 +76,16 @@ def test_auto_without_a_gpu_is_the_cpu_and_cuda_is_an_error(driver) -> None:
     assert pick_device("cpu") == "cpu"
     with pytest.raises(DeviceError, match="DEVICE=cuda: .*no NVIDIA driver is loaded|CPU build"):
         pick_device("cuda")
+
+
+def test_the_cpu_is_picked_without_asking_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model set up on the CPU before a memory snapshot must not make torch remember "no GPU"
+    (CUDA's device count is read once per process): DEVICE=cpu never asks CUDA."""
+
+    def asked() -> bool:
+        raise AssertionError("CUDA was asked")
+
+    monkeypatch.setattr(torch.cuda, "is_available", asked)
+    assert pick_device("cpu") == "cpu"
+    with pytest.raises(AssertionError, match="CUDA was asked"):
+        pick_device("auto")

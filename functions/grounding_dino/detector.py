@@ -31,8 +31,16 @@ class Detector:
                 "and name it with GROUNDING_DINO_MODEL"
             )
         folder = model_folder(self.settings.model_root, self.options.model)
-        batch_size = self.options.batch_size or (8 if device == "cuda" else 1)
-        self.engine = DinoEngine.load(folder, device, batch_size)
+        self.engine = DinoEngine.load(folder, device, self._batch_size(device))
+
+    def move_to(self, device: str) -> None:
+        """Move the loaded model to ``device`` (loaded on the CPU before a memory snapshot)."""
+        assert self.engine is not None
+        self.engine.to(device)
+        self.engine.batch_size = self._batch_size(device)
+
+    def _batch_size(self, device: str) -> int:
+        return self.options.batch_size or (8 if device == "cuda" else 1)
 
     def box_threshold(self, control: Control) -> float:
         """The control's ``model_score_threshold`` when set, else BOX_THRESHOLD."""

@@ -73,6 +73,13 @@ class DinoEngine:
         target = torch.device(device)
         return cls(model.to(target).eval(), processor, target, batch_size)
 
+    def to(self, device: str) -> None:
+        """Move the model to ``device`` (set up on the CPU, moved after a memory snapshot)."""
+        import torch
+
+        self.device = torch.device(device)
+        self.model.to(self.device)
+
     def detect(self, images: list[np.ndarray], caption: str, box_threshold: float, text_threshold: float,
                on_pass: Callable[[], None] | None = None) -> list[list[Detection]]:  # fmt: skip
         """Detections per image (RGB uint8 arrays of any sizes), ``batch_size`` images per

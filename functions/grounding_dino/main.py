@@ -28,6 +28,11 @@ class GroundingDinoModel(GroundingDinoSpec, Model):
         self.detector.load(pick_device(self.settings.device))
         self.model_version = self.version_for(None)  # type: ignore[misc]
 
+    def move_to(self, device: str) -> bool:
+        assert self.detector.engine is not None
+        self.detector.move_to(pick_device(device))
+        return True
+
     def warmup(self) -> None:
         assert self.detector.engine is not None
         options = self.detector.options

@@ -41,6 +41,13 @@ class GroundingSamModel(GroundingSamSpec, Model):
         self.sam, self.cache = load_sam2(self.settings.model_root, device, self.sam_options)
         self.model_version = self.version_for(None)  # type: ignore[misc]
 
+    def move_to(self, device: str) -> bool:
+        assert self.detector.engine is not None and self.sam is not None
+        target = pick_device(device)
+        self.detector.move_to(target)
+        self.sam.to(target)
+        return True
+
     def warmup(self) -> None:
         assert self.detector.engine is not None and self.sam is not None
         frame, options = warmup_image(), self.detector.options

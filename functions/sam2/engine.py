@@ -104,6 +104,13 @@ class Sam2Engine:
         target = torch.device(device)
         return cls(model.to(target).eval(), target)
 
+    def to(self, device: str) -> None:
+        """Move the model to ``device`` (set up on the CPU, moved after a memory snapshot)."""
+        target = torch.device(device)
+        self.model.to(target)
+        self.device = target
+        self._mean, self._std = self._mean.to(target), self._std.to(target)
+
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
         # bf16 on CUDA as Meta's notebooks run it (TF32 is switched on by the function's setup).

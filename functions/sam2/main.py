@@ -14,6 +14,7 @@ from typing import Any
 from functions.sam2.engine import Embedding, Sam2Engine
 from functions.sam2.loading import load_sam2
 from functions.sam2.spec import Sam2Spec
+from functions.torch_device import pick_device
 from shared import results
 from shared.label_config import Control
 from shared.prompts import PROMPT_TYPES, mask_control, output_label, prompts_for
@@ -41,6 +42,11 @@ class Sam2Model(Sam2Spec, Model):
         self.engine, self.cache = load_sam2(self.settings.model_root, self.settings.device, self.options)
         # The weights a prediction came from, as /health reports it.
         self.model_version = self.version_for(None)  # type: ignore[misc]
+
+    def move_to(self, device: str) -> bool:
+        assert self.engine is not None
+        self.engine.to(pick_device(device))
+        return True
 
     def warmup(self) -> None:
         import numpy as np

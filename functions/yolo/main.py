@@ -62,6 +62,11 @@ class YoloModel(YoloSpec, Model):
             except WeightsError as exc:
                 logger.warning("weights not preloaded", extra={"weights": path.name, "detail": str(exc)[:500]})
 
+    def move_to(self, device: str) -> bool:
+        # ultralytics places a model on the device each predict call names.
+        self.device = pick_device(device)
+        return True
+
     def warmup(self) -> None:
         frame = np.ascontiguousarray(warmup_image()[:, :, ::-1])  # BGR, as predict passes it
         options: dict[str, Any] = {"device": self.device, "verbose": False}

@@ -40,6 +40,7 @@ class Runtime(Service):
         super().__init__(settings, Metrics(), self.model)
         self.loader = Loader(self._load, on_change=lambda state: self.metrics.ready.set(state is State.READY))
         self.predictor = Predictor(self.model, self.settings, self.metrics)
+        self._on_cpu = False  # set up by preload_on_cpu: loading moves it instead
         self.fit_queue = FitQueue(self.model, self.loader, self.metrics)
         limit, queue = self.settings.max_concurrent_predictions, self.settings.admit_queue
         waiting = self.metrics.waiting
@@ -49,8 +50,20 @@ class Runtime(Service):
         self._batch_gate = Gate(max(1, limit - 1), queue, "batch predictions (one slot is kept for interactive ones)",
                                 waiting.labels("batch"))  # fmt: skip
 
+    def preload_on_cpu(self) -> None:
+        """Set the model up on the CPU now, before anything is served (Modal snapshots the
+        container's memory after this, where no GPU is attached); loading then moves it to
+        DEVICE and warms it up, or sets it up again on DEVICE where the function cannot move it."""
+        self.model.settings = self.settings.model_copy(update={"device": "cpu"})
+        try:
+            self.model.setup()
+        finally:
+            self.model.settings = self.settings
+        self._on_cpu = True
+
     def _load(self) -> None:
-        self.model.setup()
+        if not (self._on_cpu and self.model.move_to(self.settings.device)):
+            self.model.setup()
         self.model.warmup()
 
     def start(self) -> None:

@@ -161,6 +161,13 @@ class Model(Spec):
     def setup(self) -> None:
         """Load weights from the image's weights directory (settings.model_root)."""
 
+    def move_to(self, device: str) -> bool:
+        """Move a model ``setup`` loaded with DEVICE=cpu to ``device`` (a DEVICE value: auto,
+        cuda, ...) without reading its weights again; False when the function cannot (it is then
+        set up again). A platform that snapshots a container's memory (Modal) loads on the CPU
+        before the snapshot, where no GPU is attached, and moves the model after restoring it."""
+        return False
+
     def warmup(self) -> None:
         """Run once after setup, before /health reports ready (compile kernels, first inference)."""
 

@@ -15,12 +15,13 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import flask
+from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from shared.label_config import LabelConfig, parse_label_config
@@ -205,6 +206,13 @@ class Service:
         return min(deadline, call.started + self.settings.admit_timeout)
 
     # -- the request cycle ------------------------------------------------------------------
+
+    def call(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        """One request answered in this process without HTTP, exactly as ``handle`` answers it
+        over HTTP: (status, body, headers). Modal's GPU class answers its front door this way."""
+        environ = EnvironBuilder(path=path, method=method, data=body or b"", headers=dict(headers)).get_environ()
+        response = self.handle(Request(environ))
+        return response.status_code, response.get_data(), dict(response.headers)
 
     def handle(self, request: Request) -> Response:
         started = time.perf_counter()

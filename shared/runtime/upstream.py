@@ -2,8 +2,9 @@
 
 ``Upstream.call`` sends one request and returns the answer, or raises ``Unreachable`` when no
 answer came (refused, reset, timed out). ``HttpUpstream`` calls a URL over HTTP with a bearer
-token from a callable (a Cloud Run ID token for a private service; none locally); an in-process
-call (Modal's ``.remote()``) implements the same method. Retrying a cold upstream is the front
+token from a callable (a Cloud Run ID token for a private service; none locally);
+``CallUpstream`` calls it as a function (Modal's ``.remote()`` on the GPU class: no HTTP hop, no
+token, the platform authenticates the call). Retrying a cold upstream is the front
 door's business, not the transport's.
 """
 
@@ -17,12 +18,16 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
+from werkzeug.datastructures import Headers
 
-__all__ = ["Answer", "HttpUpstream", "TokenProvider", "Unreachable", "Upstream"]
+__all__ = ["Answer", "CallUpstream", "Handler", "HttpUpstream", "TokenProvider", "Unreachable", "Upstream"]
 
 # A bearer token for the upstream (called before each request; it caches and refreshes itself),
 # or None to send no Authorization.
 TokenProvider = Callable[[], str | None]
+# The GPU function called as a function: (method, path, body, headers, timeout) -> (status,
+# body, headers), raising Unreachable when no answer came within ``timeout`` seconds.
+Handler = Callable[[str, str, bytes | None, dict[str, str], float], tuple[int, bytes, Mapping[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -80,3 +85,14 @@ class HttpUpstream:
         except Urllib3Error as exc:  # ProtocolError: reset, or a stale pooled connection
             raise Unreachable(f"the connection to the upstream failed ({type(exc).__name__})", timed_out=False) from None
         return Answer(response.status, response.data, response.headers)  # case-insensitive
+
+
+class CallUpstream:
+    """The GPU function reached through ``handler`` (Modal's ``.remote()``, or ``.local()``)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+
+    def call(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str], timeout: float) -> Answer:
+        status, data, answered = self._handler(method, path, body, dict(headers), max(timeout, 0.05))
+        return Answer(status, data, Headers(list(answered.items())))  # case-insensitive, as urllib3's

@@ -1,0 +1,187 @@
+"""A function on Modal: its GPU class and its front door, from the ``ModalSpec`` in LSFN_MODAL_SPEC
+(``lsfn deploy modal`` sets it; the image carries it, so the containers build the same app).
+
+    lsfn deploy modal sam2                        # what users run
+    LSFN_FUNCTION=sam2 modal deploy deploy/modal_app.py   # the same app with the default options
+
+``Function`` (the GPU class) sets the model up inside ``@modal.enter(snap=True)``: on the CPU,
+since a memory snapshot is taken without a GPU, and moved to the GPU after restore; with
+``--gpu-snapshot`` (Modal's GPU memory snapshots, alpha) loaded and warmed up on the GPU before
+the snapshot. Its one method answers any of the function's routes through the runtime's own
+request cycle (``Runtime.call``: the same Predictor, deadline, per-task errors and Server-Timing
+as ``lsfn serve``). ``front_door`` serves the front door's WSGI app, calling ``Function.handle``
+in-process: no HTTP hop between them, no token (only this workspace's functions can call it).
+
+Modal needs both at module scope (containers import them by name), hence a module per spec
+rather than objects a function returns: ``deploy.modal_cli.load_app(spec)`` imports it for a spec.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import modal
+
+from deploy.cloudrun_spec import DeployError
+from deploy.modal_spec import SPEC_VARIABLE, ModalSpec, image_steps, source_root
+from shared.runtime.upstream import CallUpstream, Handler, Unreachable
+
+__all__ = ["SPEC", "Function", "app", "build_image", "front_door", "front_door_app", "gpu_settings", "image", "model_class",
+           "remote_handler"]
+
+
+def model_class(function: str) -> Any:
+    """The Model class a function's main.py serves."""
+    target = importlib.import_module(f"functions.{function}.main").handler
+    return type(target.runtime.model)
+
+
+def gpu_settings() -> Any:
+    """The GPU class's settings: the process's, without the front door's credentials. The class
+    has no URL; only functions of the same Modal workspace can call it, and its front door does
+    not pass the client's Authorization on."""
+    from shared.settings import get_settings
+
+    return get_settings().model_copy(update={"basic_auth_user": None, "basic_auth_pass": None, "webhook_secret": None})
+
+
+def _ignored(path: Path) -> bool:
+    """What the image's source copy leaves out (the .dockerignore's rules): caches, and the
+    functions' models/ folders but for the files the package ships."""
+    parts = path.parts
+    if "__pycache__" in parts or path.suffix == ".pyc":
+        return True
+    if parts[0] == "functions" and "models" in parts[2:-1]:
+        return path.name not in ("shapes.pt", "sample.png")
+    return False
+
+
+def build_image(spec: ModalSpec) -> modal.Image:
+    """The image of ``image_steps(spec)``, as Modal builds it (on Modal's builders: the weights
+    are downloaded there, checked against their pinned sha256, unless the checkout's
+    deploy/image/weights holds them)."""
+    image: modal.Image | None = None
+    root = source_root()
+    for step in image_steps(spec):
+        kind = step["step"]
+        if kind == "debian_slim":
+            image = modal.Image.debian_slim(python_version=step["python_version"])
+            continue
+        assert image is not None
+        if kind == "env":
+            image = image.env(step["vars"])
+        elif kind == "pip_install":
+            options = {key: step[key] for key in ("index_url", "extra_index_url") if key in step}
+            image = image.pip_install(*step["packages"], **options)
+        elif kind == "add_local_dir":
+            for name in step["paths"]:
+                local = root / name
+                if local.is_dir():
+                    # Modal passes paths relative to the folder; the rules read them from the checkout's root.
+                    ignore = lambda path, top=Path(name): _ignored(top / path)  # noqa: E731
+                    image = image.add_local_dir(local, f"{step['remote']}/{name}", copy=True, ignore=ignore)
+                else:
+                    image = image.add_local_file(local, f"{step['remote']}/{name}", copy=True)
+        elif kind == "run_commands":
+            image = image.run_commands(*step["commands"])
+        else:
+            raise ValueError(f"unknown image step {kind!r}")
+    assert image is not None
+    # The spec travels with the image: the containers import this module and build the same app.
+    return image.env({**spec.variables(), SPEC_VARIABLE: spec.to_json()})
+
+
+def remote_handler(method: Any) -> Handler:
+    """``Function.handle`` called on Modal as the front door's upstream: spawned and awaited
+    for at most the call's time (cancelled after it), Modal's failures mapped to ``Unreachable``."""
+
+    def handler(verb: str, path: str, body: bytes | None, headers: dict[str, str], timeout: float) -> tuple[int, bytes, Mapping[str, str]]:
+        try:
+            call = method.spawn(verb, path, body, headers)
+        except modal.exception.Error as exc:
+            raise Unreachable(f"the GPU function could not be called ({type(exc).__name__})", timed_out=False) from None
+        try:
+            return call.get(timeout=timeout)
+        except (TimeoutError, modal.exception.TimeoutError):
+            call.cancel()
+            raise Unreachable(f"no answer from the GPU function within {timeout:.1f} s", timed_out=True) from None
+        except modal.exception.Error as exc:  # a crashed container, an input lost by the platform
+            raise Unreachable(f"the GPU function failed to answer ({type(exc).__name__})", timed_out=False) from None
+
+    return handler
+
+
+def front_door_app(function: str, handler: Handler) -> Any:
+    """The front door's WSGI app for ``function``, its upstream ``handler``."""
+    from shared.cli import resolve_spec
+    from shared.runtime.front_door import create_front_door
+
+    app = create_front_door(resolve_spec(function), upstream=CallUpstream(handler))
+    app.extensions["lsfn"].start()
+    return app
+
+
+# -- the app of the spec in the environment ---------------------------------------------------
+
+SPEC = ModalSpec.from_env()
+if SPEC is None:
+    raise DeployError("set LSFN_FUNCTION (yolo, sam2, grounding_dino, grounding_sam) to deploy this module, "
+                      "or run lsfn deploy modal FUNCTION")  # fmt: skip
+SPEC.check()
+app = modal.App(SPEC.app, include_source=False)  # the image holds this package: the caller's own source
+# Built where the app is defined; inside Modal's containers the image already exists.
+image = build_image(SPEC) if modal.is_local() else modal.Image.debian_slim()
+secrets = [modal.Secret.from_name(name) for name in SPEC.secrets]
+_config = SPEC.config()
+_gpu_class = _config["gpu_class"]
+
+
+@app.cls(
+    image=image, gpu=_gpu_class["gpu"], secrets=secrets, cpu=SPEC.cpu, memory=_gpu_class["memory_mib"],
+    min_containers=SPEC.min_containers, max_containers=SPEC.max_containers, scaledown_window=SPEC.scaledown_window,
+    timeout=SPEC.timeout, enable_memory_snapshot=True, experimental_options=_gpu_class["experimental_options"] or None,
+)  # fmt: skip
+@modal.concurrent(max_inputs=SPEC.inputs)
+class Function:
+    """The function with its model, on a GPU; scales to zero."""
+
+    @modal.enter(snap=True)
+    def set_up(self) -> None:
+        from shared.runtime.app import Runtime
+
+        started = time.perf_counter()
+        self.runtime = Runtime(model_class(SPEC.function), gpu_settings())
+        if SPEC.gpu_snapshot:  # the GPU is attached before a GPU snapshot: load and warm up on it
+            self.runtime.start()
+            self.runtime.loader.wait(SPEC.timeout)
+        else:
+            self.runtime.preload_on_cpu()
+        self.before_snapshot_seconds = time.perf_counter() - started
+
+    @modal.enter(snap=False)
+    def start(self) -> None:
+        # Moved to the GPU and warmed up in the background: /health answers "loading" meanwhile,
+        # and a /predict waits for the model within its deadline, as under `lsfn serve`.
+        self.runtime.start()
+
+    @modal.method()
+    def handle(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        """One request to the function's routes (/predict, /setup, /health, ...), answered as
+        ``lsfn serve`` answers it: (status, body, headers)."""
+        return self.runtime.call(method, path, body, headers)
+
+
+_door = _config["front_door"]
+
+
+@app.function(image=image, secrets=secrets, cpu=_door["cpu"], memory=_door["memory_mib"], timeout=SPEC.timeout,
+              min_containers=_door["min_containers"], max_containers=_door["max_containers"])  # fmt: skip
+@modal.concurrent(max_inputs=_door["concurrent_inputs"])
+@modal.wsgi_app()  # public: Label Studio sends Basic auth, which the app checks (BASIC_AUTH_* in a secret)
+def front_door() -> Any:
+    return front_door_app(SPEC.function, remote_handler(Function().handle))
+
