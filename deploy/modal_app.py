@@ -2,7 +2,7 @@
 (``lsfn deploy modal`` sets it; the image carries it, so the containers build the same app).
 
     lsfn deploy modal sam2                        # what users run
-    LSFN_FUNCTION=sam2 modal deploy deploy/modal_app.py   # the same app with the default options
+    LSFN_FUNCTION=sam2 modal deploy -m deploy.modal_app   # the same app with the default options
 
 ``Function`` (the GPU class) sets the model up inside ``@modal.enter(snap=True)``: on the CPU,
 since a memory snapshot is taken without a GPU, and moved to the GPU after restore; with
@@ -18,6 +18,7 @@ rather than objects a function returns: ``deploy.modal_cli.load_app(spec)`` impo
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
 from collections.abc import Mapping
@@ -107,7 +108,8 @@ def remote_handler(method: Any) -> Handler:
         try:
             return call.get(timeout=timeout)
         except (TimeoutError, modal.exception.TimeoutError):
-            call.cancel()
+            with contextlib.suppress(modal.exception.Error):
+                call.cancel()  # it would answer no one
             raise Unreachable(f"no answer from the GPU function within {timeout:.1f} s", timed_out=True) from None
         except modal.exception.Error as exc:  # a crashed container, an input lost by the platform
             raise Unreachable(f"the GPU function failed to answer ({type(exc).__name__})", timed_out=False) from None
@@ -179,7 +181,7 @@ _door = _config["front_door"]
 
 
 @app.function(image=image, secrets=secrets, cpu=_door["cpu"], memory=_door["memory_mib"], timeout=SPEC.timeout,
-              min_containers=_door["min_containers"], max_containers=_door["max_containers"])  # fmt: skip
+              min_containers=_door["min_containers"], max_containers=_door["max_containers"], env=_door["env"])  # fmt: skip
 @modal.concurrent(max_inputs=_door["concurrent_inputs"])
 @modal.wsgi_app()  # public: Label Studio sends Basic auth, which the app checks (BASIC_AUTH_* in a secret)
 def front_door() -> Any:

@@ -33,12 +33,15 @@ def add_parser(commands: Any) -> None:
                      help="a Modal secret holding LABEL_STUDIO_API_KEY, BASIC_AUTH_USER/BASIC_AUTH_PASS, WEBHOOK_SECRET "
                           "(repeatable)")  # fmt: skip
     cmd.add_argument("--env", action="append", type=name_value, default=[], metavar="KEY=VALUE")
+    cmd.add_argument("--allow-unauthenticated", action="store_true", help="deploy without any --secret: an open front door")
     cmd.add_argument("--min-containers", type=int, default=0, help="GPU containers kept running (billed while idle)")
     cmd.add_argument("--max-containers", type=int, default=3, help="GPU containers at most (default 3)")
     cmd.add_argument("--scaledown-window", type=int, default=300,
                      help="seconds an idle GPU container waits for the next call before it stops (default 300)")
     cmd.add_argument("--timeout", type=int, default=300, help="seconds one call may run (default 300)")
     cmd.add_argument("--concurrency", type=int, help="calls one GPU container takes at once (default: the function's)")
+    cmd.add_argument("--cpu", type=float, default=2.0, help="CPU cores of a GPU container (default 2)")
+    cmd.add_argument("--memory", type=int, default=8192, metavar="MIB", help="memory of a GPU container in MiB (default 8192)")
     cmd.add_argument("--front-door-min-containers", type=int, default=1, choices=(0, 1),
                      help="1 (default): the front door answers Label Studio's /health at once; 0 saves its cost")
     cmd.add_argument("--torch", default="cu126", choices=TORCH_BUILDS, help="the image's torch build (default cu126)")
@@ -57,8 +60,9 @@ def spec_from(args: argparse.Namespace) -> ModalSpec:
     spec = ModalSpec(
         function=args.function, gpu=args.gpu, gpu_snapshot=args.gpu_snapshot, secrets=list(args.secret), env=dict(args.env),
         min_containers=args.min_containers, max_containers=args.max_containers, scaledown_window=args.scaledown_window,
-        timeout=args.timeout, concurrency=args.concurrency, front_door_min_containers=args.front_door_min_containers,
+        timeout=args.timeout, concurrency=args.concurrency, cpu=args.cpu, memory_mib=args.memory, front_door_min_containers=args.front_door_min_containers,
         torch=args.torch, model_size=args.model_size, name=args.name, label_studio_url=args.label_studio_url,
+        allow_unauthenticated=args.allow_unauthenticated,
     )  # fmt: skip
     spec.check()
     return spec
@@ -86,9 +90,14 @@ def load_app(spec: ModalSpec) -> ModuleType:
 def run(args: argparse.Namespace) -> int:
     try:
         spec = spec_from(args)
+        problem = spec.open_front_door()
         if args.dry_run:
+            if problem:
+                print(f"lsfn: warning: {problem} (a deploy refuses this)", file=sys.stderr)
             print(json.dumps(spec.config(), indent=2))
             return 0
+        if problem:
+            raise DeployError(problem)
         if not credentials():
             raise DeployError(NO_CREDENTIALS)
         url = _deploy(spec, args.environment)

@@ -36,6 +36,7 @@ IMAGE_ENV = {
 }  # fmt: skip
 # Of the checkout, what the image's build reads (the Dockerfile's COPY lines): the package, its
 # weights lists and install scripts, the local weights folder (deploy/image/weights).
+FRONT_DOOR_MODEL_ROOT = "/app/front-door-models"
 SOURCE_PATHS = ("pyproject.toml", "README.md", "shared", "functions", "deploy")
 SOURCE_IGNORE = ("**/__pycache__", "**/*.pyc", "functions/*/models/*", "!functions/yolo/models/shapes.pt")
 
@@ -85,8 +86,9 @@ class ModalSpec:
     scaledown_window: int = 300  # seconds a GPU container idles before it stops (an annotator's pause)
     timeout: int = 300  # seconds one call may run (Label Studio gives /predict 100)
     concurrency: int | None = None  # calls one GPU container takes at once (default: the function's)
-    cpu: float = 4.0
-    memory_mib: int | None = None
+    # A GPU container's CPU cores and memory (decoding, RLE, the model's CPU copy before the move).
+    cpu: float = 2.0
+    memory_mib: int = 8192
     front_door_min_containers: int = 1
     torch: str = "cu126"
     torch_version: str = "2.14.1"
@@ -94,6 +96,7 @@ class ModalSpec:
     model_size: str = "large"  # SAM 2's size (sam2, grounding_sam)
     name: str | None = None
     label_studio_url: str | None = None
+    allow_unauthenticated: bool = False
     version: str = field(default_factory=lsfn_version)
 
     @property
@@ -129,11 +132,22 @@ class ModalSpec:
             raise DeployError(f"--scaledown-window must be between {low} and {high} seconds (Modal's bounds)")
         if self.timeout < 10 or self.inputs < 1:
             raise DeployError("--timeout must be at least 10 s and --concurrency at least 1")
+        if self.cpu < 0.125 or self.memory_mib < 1024:
+            raise DeployError("--cpu must be at least 0.125 (cores) and --memory at least 1024 (MiB)")
         secret_env = sorted(SECRET_VARIABLES & set(self.env))
         if secret_env:
             raise DeployError(f"{', '.join(secret_env)} must come from a Modal secret (--secret NAME), not --env")
         if {"LSFN_FUNCTION", SPEC_VARIABLE} & set(self.env):
             raise DeployError("LSFN_FUNCTION and LSFN_MODAL_SPEC are set by lsfn deploy modal itself")
+
+    def open_front_door(self) -> str | None:
+        """Why the front door would be open to anyone with its URL, or None. Basic auth comes
+        from a secret (BASIC_AUTH_USER/BASIC_AUTH_PASS), so without any secret it has none."""
+        if self.secrets or self.allow_unauthenticated:
+            return None
+        return ("without --secret the front door has no Basic auth (BASIC_AUTH_USER/BASIC_AUTH_PASS come from a Modal "
+                "secret) and the function no LABEL_STUDIO_API_KEY: give --secret NAME, or --allow-unauthenticated "
+                "for an open demo")  # fmt: skip
 
     def variables(self) -> dict[str, str]:
         """The plain environment of both functions, beside the image's (secrets come from Modal
@@ -155,7 +169,7 @@ class ModalSpec:
     @classmethod
     def from_env(cls) -> ModalSpec | None:
         """The spec the deploying command put in LSFN_MODAL_SPEC (also inside the containers), or
-        one from LSFN_FUNCTION for `modal deploy deploy/modal_app.py`; None without either."""
+        one from LSFN_FUNCTION for `modal deploy -m deploy.modal_app`; None without either."""
         if text := os.environ.get(SPEC_VARIABLE):
             return cls.from_json(text)
         if function := os.environ.get("LSFN_FUNCTION"):
@@ -164,13 +178,12 @@ class ModalSpec:
 
     def config(self) -> dict[str, Any]:
         """What a deploy creates, as `--dry-run` prints it: secrets by name only."""
-        memory = self.memory_mib or FUNCTIONS[self.function].memory_gib * 1024
         return {
             "app": self.app,
             "lsfn_version": self.version,
             "gpu_class": {
                 "name": "Function", "method": "handle", "gpu": self.gpus if len(self.gpus) > 1 else self.gpus[0],
-                "cpu": self.cpu, "memory_mib": memory, "min_containers": self.min_containers,
+                "cpu": self.cpu, "memory_mib": self.memory_mib, "min_containers": self.min_containers,
                 "max_containers": self.max_containers, "scaledown_window": self.scaledown_window, "timeout": self.timeout,
                 "concurrent_inputs": self.inputs, "enable_memory_snapshot": True,
                 "experimental_options": {"enable_gpu_snapshot": True} if self.gpu_snapshot else {},
@@ -182,6 +195,7 @@ class ModalSpec:
                 "name": "front_door", "web_endpoint": "wsgi_app", "requires_proxy_auth": False, "cpu": 0.25,
                 "memory_mib": 512, "min_containers": self.front_door_min_containers, "max_containers": 4,
                 "concurrent_inputs": 64, "timeout": self.timeout, "secrets": list(self.secrets),
+                "env": {"MODEL_ROOT": FRONT_DOOR_MODEL_ROOT},
                 "upstream": "Function.handle, in-process (.spawn/.get), no HTTP hop",
             },
             "env": self.variables(),
@@ -213,5 +227,8 @@ def image_steps(spec: ModalSpec) -> list[dict[str, Any]]:
             weights,
             f"python -m deploy.image_info {function} --torch-build {spec.torch} "
             "--manifest /app/models/weights-manifest.json > /app/image.json",
+            # The front door's weights directory: the manifest alone, as in its Cloud Run image
+            # (it answers the versions from the listed hashes instead of hashing GBs at start).
+            f"mkdir -p {FRONT_DOOR_MODEL_ROOT} && cp /app/models/weights-manifest.json {FRONT_DOOR_MODEL_ROOT}/",
         ]},
     ]  # fmt: skip

@@ -112,6 +112,14 @@ def test_a_deploy_that_cannot_work_is_refused_in_one_sentence(args: tuple[str, .
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_an_open_front_door_is_a_warning_in_a_dry_run_and_refused_in_a_deploy() -> None:
+    dry = lsfn("deploy", "modal", "yolo", "--dry-run")
+    assert dry.returncode == 0 and "warning: without --secret the front door has no Basic auth" in dry.stderr
+    done = lsfn("deploy", "modal", "yolo")
+    assert done.returncode == 1 and "without --secret" in done.stderr and "Traceback" not in done.stderr
+    assert lsfn("deploy", "modal", "yolo", "--dry-run", "--allow-unauthenticated").stderr == ""
+
+
 def test_tests_run_without_modal_credentials() -> None:
     """A token in CI would make the deploy tests try Modal (and hang a minute each)."""
     assert not [name for name in os.environ if name.startswith("MODAL_TOKEN")]
@@ -121,7 +129,7 @@ def test_tests_run_without_modal_credentials() -> None:
 
 def test_a_deploy_without_credentials_says_so(tmp_path: Path) -> None:
     started = time.monotonic()
-    done = lsfn("deploy", "modal", "yolo", env=network_guard(tmp_path), timeout=60)
+    done = lsfn("deploy", "modal", "yolo", "--secret", "lsfn", env=network_guard(tmp_path), timeout=60)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines() == [
         "lsfn: no Modal credentials: run `modal token new` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET), "

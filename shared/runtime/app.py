@@ -19,7 +19,7 @@ from shared.protocol import WebhookEvent
 from shared.runtime.admission import Gate
 from shared.runtime.errors import HTTPError
 from shared.runtime.lifecycle import Loader, State
-from shared.runtime.logs import configure_logging
+from shared.runtime.logs import configure_logging, logger
 from shared.runtime.metrics import Metrics
 from shared.runtime.model import Model
 from shared.runtime.predict import Predictor
@@ -57,6 +57,9 @@ class Runtime(Service):
         self.model.settings = self.settings.model_copy(update={"device": "cpu"})
         try:
             self.model.setup()
+        except Exception:  # noqa: BLE001 - loading sets it up again and /health reports the error
+            logger.exception("set-up on the CPU failed; loading tries again on DEVICE")
+            return
         finally:
             self.model.settings = self.settings
         self._on_cpu = True
