@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,15 +51,17 @@ def gpu_settings() -> Any:
     return get_settings().model_copy(update={"basic_auth_user": None, "basic_auth_pass": None, "webhook_secret": None})
 
 
-def _ignored(path: Path) -> bool:
-    """What the image's source copy leaves out (the .dockerignore's rules): caches, and the
-    functions' models/ folders but for the files the package ships."""
-    parts = path.parts
+def _ignored(top: Path, path: Path) -> bool:
+    """Whether the source copy of the checkout's folder ``top`` leaves out ``path`` (relative to
+    it), as the Dockerfile's COPY lines and .dockerignore do: caches, the functions' models/
+    folders but for the files the package ships, and the local weights folder (copied on its
+    own, as WEIGHTS_FROM)."""
+    parts = (top / path).parts
     if "__pycache__" in parts or path.suffix == ".pyc":
         return True
     if parts[0] == "functions" and "models" in parts[2:-1]:
         return path.name not in ("shapes.pt", "sample.png")
-    return False
+    return top == Path("deploy") and parts[1:3] == ("image", "weights") and len(parts) > 3
 
 
 def build_image(spec: ModalSpec) -> modal.Image:
@@ -78,15 +81,17 @@ def build_image(spec: ModalSpec) -> modal.Image:
         elif kind == "pip_install":
             options = {key: step[key] for key in ("index_url", "extra_index_url") if key in step}
             image = image.pip_install(*step["packages"], **options)
-        elif kind == "add_local_dir":
-            for name in step["paths"]:
-                local = root / name
+        elif kind == "add_local":
+            for entry in step["files"]:
+                local = root / entry["local"]
                 if local.is_dir():
                     # Modal passes paths relative to the folder; the rules read them from the checkout's root.
-                    ignore = lambda path, top=Path(name): _ignored(top / path)  # noqa: E731
-                    image = image.add_local_dir(local, f"{step['remote']}/{name}", copy=True, ignore=ignore)
+                    ignore = lambda path, top=Path(entry["local"]): _ignored(top, path)  # noqa: E731
+                    image = image.add_local_dir(local, entry["remote"], copy=True, ignore=ignore)
+                elif local.is_file():
+                    image = image.add_local_file(local, entry["remote"], copy=True)
                 else:
-                    image = image.add_local_file(local, f"{step['remote']}/{name}", copy=True)
+                    raise DeployError(f"{entry['local']} is not in the checkout ({root})")
         elif kind == "run_commands":
             image = image.run_commands(*step["commands"])
         else:
@@ -135,8 +140,10 @@ if SPEC is None:
                       "or run lsfn deploy modal FUNCTION")  # fmt: skip
 SPEC.check()
 app = modal.App(SPEC.app, include_source=False)  # the image holds this package: the caller's own source
-# Built where the app is defined; inside Modal's containers the image already exists.
-image = build_image(SPEC) if modal.is_local() else modal.Image.debian_slim()
+# Built where the app is defined; inside Modal's containers (which set MODAL_IS_REMOTE) the image
+# already exists, and the checkout it is built from is not there.
+_in_container = not modal.is_local() or os.environ.get("MODAL_IS_REMOTE") == "1"
+image = modal.Image.debian_slim() if _in_container else build_image(SPEC)
 secrets = [modal.Secret.from_name(name) for name in SPEC.secrets]
 _config = SPEC.config()
 _gpu_class = _config["gpu_class"]

@@ -46,6 +46,9 @@ def add_parser(commands: Any) -> None:
                      help="1 (default): the front door answers Label Studio's /health at once; 0 saves its cost")
     cmd.add_argument("--torch", default="cu126", choices=TORCH_BUILDS, help="the image's torch build (default cu126)")
     cmd.add_argument("--model-size", default=os.environ.get("MODEL_SIZE", "large"), help="SAM 2's size (sam2, grounding_sam)")
+    cmd.add_argument("--weights-list", help="another weights.json in the checkout to bake (as the Dockerfile's WEIGHTS_LIST)")
+    cmd.add_argument("--weights-from", default="deploy/image/weights",
+                     help="a folder of the checkout whose files are baked instead of downloaded (default deploy/image/weights)")
     cmd.add_argument("--name", help="the Modal app's name (default lsfn-FUNCTION)")
     cmd.add_argument("--environment", help="the Modal environment to deploy in (default: the profile's)")
     cmd.add_argument("--label-studio-url", "--label-studio-host", default=os.environ.get("LABEL_STUDIO_URL"))
@@ -62,7 +65,7 @@ def spec_from(args: argparse.Namespace) -> ModalSpec:
         min_containers=args.min_containers, max_containers=args.max_containers, scaledown_window=args.scaledown_window,
         timeout=args.timeout, concurrency=args.concurrency, cpu=args.cpu, memory_mib=args.memory, front_door_min_containers=args.front_door_min_containers,
         torch=args.torch, model_size=args.model_size, name=args.name, label_studio_url=args.label_studio_url,
-        allow_unauthenticated=args.allow_unauthenticated,
+        allow_unauthenticated=args.allow_unauthenticated, weights_list=args.weights_list, weights_from=args.weights_from,
     )  # fmt: skip
     spec.check()
     return spec

@@ -21,7 +21,7 @@ __all__ = ["SPEC_VARIABLE", "TORCH_BUILDS", "ModalSpec", "app_name", "image_step
 # The spec travels to the containers in this variable: they import the same module and must
 # build the same app (class and function names, decorators) from it.
 SPEC_VARIABLE = "LSFN_MODAL_SPEC"
-TORCH_BUILDS = ("cu126", "cu128", "cu130", "pypi")
+TORCH_BUILDS = ("cu126", "cu130", "pypi")  # the Dockerfile's GPU builds
 # Modal's own bounds (modal 1.6 refuses others) and Modal's GPU names, for errors before any call.
 SCALEDOWN_RANGE = (2, 3600)
 GPU_TYPES = ("T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB", "RTX-PRO-6000", "H100", "H100!", "H200", "B200", "ANY")
@@ -38,7 +38,8 @@ IMAGE_ENV = {
 # weights lists and install scripts, the local weights folder (deploy/image/weights).
 FRONT_DOOR_MODEL_ROOT = "/app/front-door-models"
 SOURCE_PATHS = ("pyproject.toml", "README.md", "shared", "functions", "deploy")
-SOURCE_IGNORE = ("**/__pycache__", "**/*.pyc", "functions/*/models/*", "!functions/yolo/models/shapes.pt")
+SOURCE_IGNORE = ("**/__pycache__", "**/*.pyc", "functions/*/models/*", "!functions/yolo/models/shapes.pt",
+                 "!functions/yolo/models/sample.png", "deploy/image/weights/*")  # fmt: skip
 
 
 def app_name(function: str) -> str:
@@ -94,6 +95,10 @@ class ModalSpec:
     torch_version: str = "2.14.1"
     torchvision_version: str = "0.29.1"
     model_size: str = "large"  # SAM 2's size (sam2, grounding_sam)
+    # As the Dockerfile's WEIGHTS_LIST and WEIGHTS_FROM, relative to the checkout: another
+    # weights.json to bake instead of the function's, and a folder taken before downloading.
+    weights_list: str | None = None
+    weights_from: str = "deploy/image/weights"
     name: str | None = None
     label_studio_url: str | None = None
     allow_unauthenticated: bool = False
@@ -211,7 +216,13 @@ def image_steps(spec: ModalSpec) -> list[dict[str, Any]]:
     if index:
         torch_step |= {"index_url": index, "extra_index_url": "https://pypi.org/simple"}
     function = spec.function
-    weights = f"lsfn weights {function} --dest /app/models --from /src/deploy/image/weights --manifest /app/models/weights-manifest.json"
+    files = [{"local": name, "remote": f"/src/{name}"} for name in SOURCE_PATHS]
+    files.append({"local": spec.weights_from, "remote": "/src/weights-from"})
+    listing = function
+    if spec.weights_list:
+        files.append({"local": spec.weights_list, "remote": "/src/weights-list.json"})
+        listing = "/src/weights-list.json"
+    weights = f"lsfn weights {listing} --dest /app/models --from /src/weights-from --manifest /app/models/weights-manifest.json"
     if function in ("sam2", "grounding_sam"):
         weights += f" --size {spec.model_size}"
     return [
@@ -219,7 +230,7 @@ def image_steps(spec: ModalSpec) -> list[dict[str, Any]]:
         {"step": "env", "vars": IMAGE_ENV},
         {"step": "pip_install", "packages": ["pip>=24"]},
         torch_step,
-        {"step": "add_local_dir", "local": ".", "remote": "/src", "paths": list(SOURCE_PATHS), "ignore": list(SOURCE_IGNORE)},
+        {"step": "add_local", "files": files, "ignore": list(SOURCE_IGNORE)},
         {"step": "run_commands", "commands": [
             f"python /src/deploy/image/check-torch {spec.torch}",
             "pip wheel --no-deps --wheel-dir /wheels /src",

@@ -175,7 +175,7 @@ class Containers:
         """``buildah bud`` one target of the Dockerfile; seconds it took. ``check=False``:
         a failed build raises BuildFailed with its output."""
         command = ["buildah", "bud", "--isolation", "chroot", "--pull=never", "--network", "host", "--layers",
-                   "--target", target, "-t", tag, "-f", str(dockerfile or context / "Dockerfile")]  # fmt: skip
+                   *(["--target", target] if target else []), "-t", tag, "-f", str(dockerfile or context / "Dockerfile")]  # fmt: skip
         for key, value in build_args.items():
             command += ["--build-arg", f"{key}={value}"]
         for key, path in secrets.items():

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.containers import BuildFailed, Container, Containers, unavailable
+from tests.containers import BASE_IMAGE, BuildFailed, Container, Containers, unavailable
 from tests.dino_models import write_model
 from tests.serving import Function, call
 from tests.servers import free_port
@@ -294,3 +294,87 @@ def test_the_build_arguments_defaults_make_yolos_front_door(build: tuple[Contain
     info = json.loads(info_text)
     assert env_line.split() == ["yolo", "large"]
     assert [(w["name"], w["pinned"]) for w in info["weights"]] == [("shapes.pt", True)]
+
+
+# -- the Modal image: deploy.modal_spec's steps, run by a stand-in for Modal's builder ------------
+
+# As `RUN` lines of the Dockerfile: the host's pip configuration, as build secrets.
+PIP_MOUNTS = "--mount=type=secret,id=pipconf,target=/etc/pip.conf --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt"
+
+
+def modal_containerfile(steps: list[dict], torch_version: str) -> str:
+    """The image steps `lsfn deploy modal` gives Modal, as a Containerfile. Modal's builder
+    differs in two places only: its debian_slim is Debian with a standalone Python 3.11 (here
+    bookworm's own 3.11 in a venv), and the CUDA torch the steps name is the host's CPU wheel
+    (download.pytorch.org is out of reach), checked as such."""
+    lines: list[str] = []
+    for step in steps:
+        kind = step["step"]
+        if kind == "debian_slim":
+            lines += [f"FROM {BASE_IMAGE}",
+                      "RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates "
+                      "&& rm -rf /var/lib/apt/lists/* && python3 -m venv /opt/py",
+                      "ENV PATH=/opt/py/bin:$PATH"]  # fmt: skip
+        elif kind == "env":
+            lines.append("ENV " + " ".join(f"{key}={json.dumps(value)}" for key, value in step["vars"].items()))
+        elif kind == "pip_install":
+            packages = step["packages"]
+            if packages[0].startswith("torch=="):
+                packages, step = [f"torch=={torch_version}+cpu"], {}
+            index = [f"--{key.replace('_', '-')} {step[key]}" for key in ("index_url", "extra_index_url") if key in step]
+            lines.append(f"RUN {PIP_MOUNTS} pip install {' '.join(json.dumps(p) for p in packages)} {' '.join(index)}")
+        elif kind == "add_local":
+            lines += [f"COPY {entry['local']} {entry['remote']}" for entry in step["files"]]
+        elif kind == "run_commands":
+            for command in step["commands"]:
+                command = command.replace("check-torch cu126", "check-torch cpu").replace("--torch-build cu126", "--torch-build cpu")
+                lines.append(f"RUN {PIP_MOUNTS} {command}")
+        else:
+            raise AssertionError(f"the stand-in does not know the step {kind!r}")
+    return "\n".join(lines) + "\n"
+
+
+MODAL_CHECK = """
+import json
+import deploy.modal_app as app
+from shared.cli import resolve_spec
+from shared.settings import Settings
+gpu = app.Function()
+status, body, headers = gpu.handle.local("POST", "/predict", json.dumps(BODY).encode(), {"Content-Type": "application/json"})
+front = resolve_spec(app.SPEC.function)(Settings(MODEL_ROOT=app.SPEC.config()["front_door"]["env"]["MODEL_ROOT"]))
+print(json.dumps({"status": status, "answer": json.loads(body), "front_door_version": front.version_for(None),
+                  "function_version": gpu.runtime.model.version_for(None),
+                  "function": app.SPEC.function, "on_cpu_before_snapshot": gpu.runtime._on_cpu}))
+"""
+
+
+@pytestmark_images
+def test_the_modal_image_steps_build_an_image_that_predicts(build: tuple[Containers, Path, dict, list, dict]) -> None:
+    engine, context, secrets, folders, torch_args = build
+    if torch_args.get("TORCH_INDEX_URL") != "none":
+        pytest.skip("no local CPU torch wheel to stand in for the CUDA one")
+    from deploy.modal_spec import SPEC_VARIABLE, ModalSpec, image_steps
+
+    spec = ModalSpec(function=FUNCTION, weights_list="test-weights/weights.json", weights_from="test-weights",
+                     torchvision_version="")  # fmt: skip
+    file = context / "Containerfile.modal"
+    final = {**spec.variables(), SPEC_VARIABLE: spec.to_json()}
+    file.write_text(modal_containerfile(image_steps(spec), torch_args["TORCH_VERSION"])
+                    # What Modal adds at run time: its client, and the spec's variables.
+                    + f'RUN {PIP_MOUNTS} pip install "modal>=1.6,<2"\n'
+                    + "ENV " + " ".join(f"{key}={json.dumps(value)}" for key, value in final.items()) + "\n")  # fmt: skip
+    tag = "localhost/lsfn-test-modal-grounding-dino"
+    seconds = engine.build(context, tag, "", {}, secrets, folders, dockerfile=file)
+    print(f"built {tag} in {seconds:.0f} s, {engine.size(tag) / 1e6:.0f} MB")
+    script = MODAL_CHECK.replace("BODY", repr(predict_body()))
+    # As in a Modal container: no network, MODAL_IS_REMOTE set (the image is not built again).
+    done = engine.podman("run", "--rm", *engine._run_options("none", {"MODAL_IS_REMOTE": "1", "DEVICE": "cpu"}), tag,
+                         "python", "-c", script, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["status"] == 200 and found["function"] == FUNCTION and found["on_cpu_before_snapshot"]
+    (item,) = found["answer"]["results"]
+    assert "error" not in item and "@" in found["function_version"]
+    assert found["front_door_version"] == found["function_version"]  # from the manifest alone
+    listing = engine.podman("run", "--rm", *engine._run_options("none", {}), tag, "ls", "/app/front-door-models").stdout.split()
+    assert listing == ["weights-manifest.json"]

@@ -292,3 +292,19 @@ def test_label_studio_uses_the_modal_front_door(label_studio_server: LabelStudio
     assert response.status == 200, response.data
     answer = response.json()
     assert "errors" not in answer and answer["data"]["result"][0]["type"] == "rectanglelabels", answer
+
+
+@pytest.mark.parametrize(
+    ("top", "path", "left_out"),
+    [
+        ("deploy", "image/weights/sam2.1_hiera_large.pt", True),  # copied on its own, as WEIGHTS_FROM
+        ("deploy/image/weights", "sam2.1_hiera_large.pt", False),
+        ("deploy", "image/install-function", False),
+        ("functions", "yolo/models/shapes.pt", False),  # shipped with the package
+        ("functions", "yolo/models/yolov8x.pt", True),  # a stray checkpoint
+        ("shared", "runtime/__pycache__/app.cpython-311.pyc", True),
+    ],
+)
+def test_the_image_source_copy_leaves_out_what_the_dockerfile_does(top: str, path: str, left_out: bool) -> None:
+    module = load_app(ModalSpec(function="yolo"))
+    assert module._ignored(Path(top), Path(path)) is left_out
