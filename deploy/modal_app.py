@@ -18,7 +18,6 @@ rather than objects a function returns: ``deploy.modal_cli.load_app(spec)`` impo
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import time
@@ -30,6 +29,7 @@ import modal
 
 from deploy.cloudrun_spec import DeployError
 from deploy.modal_spec import SPEC_VARIABLE, ModalSpec, image_steps, source_root
+from functions.torch_device import cuda_unasked
 from shared.runtime.upstream import CallUpstream, Handler, Unreachable
 
 __all__ = ["SPEC", "Function", "app", "build_image", "front_door", "front_door_app", "gpu_settings", "image", "model_class",
@@ -102,21 +102,24 @@ def build_image(spec: ModalSpec) -> modal.Image:
 
 
 def remote_handler(method: Any) -> Handler:
-    """``Function.handle`` called on Modal as the front door's upstream: spawned and awaited
-    for at most the call's time (cancelled after it), Modal's failures mapped to ``Unreachable``."""
+    """``Function.handle`` called on Modal as the front door's upstream: spawned and awaited for
+    at most the call's time, Modal's failures mapped to ``Unreachable``. A call given up on is
+    not cancelled: Modal cancels a synchronous input of a concurrent class by stopping its whole
+    container (the other calls in it too), and the function ends it itself at the deadline it
+    was given."""
 
     def handler(verb: str, path: str, body: bytes | None, headers: dict[str, str], timeout: float) -> tuple[int, bytes, Mapping[str, str]]:
         try:
             call = method.spawn(verb, path, body, headers)
-        except modal.exception.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - Modal's client errors: connection, auth, quota
             raise Unreachable(f"the GPU function could not be called ({type(exc).__name__})", timed_out=False) from None
         try:
             return call.get(timeout=timeout)
+        except modal.exception.OutputExpiredError:  # the input was lost: nothing ran it to the end
+            raise Unreachable("the GPU function's answer was lost", timed_out=False) from None
         except (TimeoutError, modal.exception.TimeoutError):
-            with contextlib.suppress(modal.exception.Error):
-                call.cancel()  # it would answer no one
             raise Unreachable(f"no answer from the GPU function within {timeout:.1f} s", timed_out=True) from None
-        except modal.exception.Error as exc:  # a crashed container, an input lost by the platform
+        except Exception as exc:  # noqa: BLE001 - re-raised from the container: a crash, a failed set-up
             raise Unreachable(f"the GPU function failed to answer ({type(exc).__name__})", timed_out=False) from None
 
     return handler
@@ -166,9 +169,13 @@ class Function:
         self.runtime = Runtime(model_class(SPEC.function), gpu_settings())
         if SPEC.gpu_snapshot:  # the GPU is attached before a GPU snapshot: load and warm up on it
             self.runtime.start()
-            self.runtime.loader.wait(SPEC.timeout)
+            state = self.runtime.loader.wait(SPEC.timeout)
+            if state.value != "ready":  # no snapshot of a failed or unfinished load: Modal retries
+                raise RuntimeError(f"the model did not load before the snapshot ({state.value}): {self.runtime.loader.error}")
         else:
-            self.runtime.preload_on_cpu()
+            # No GPU is attached before a CPU snapshot: torch must not learn "no GPU" here.
+            with cuda_unasked():
+                self.runtime.preload_on_cpu()
         self.before_snapshot_seconds = time.perf_counter() - started
 
     @modal.enter(snap=False)

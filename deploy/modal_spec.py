@@ -142,8 +142,10 @@ class ModalSpec:
         secret_env = sorted(SECRET_VARIABLES & set(self.env))
         if secret_env:
             raise DeployError(f"{', '.join(secret_env)} must come from a Modal secret (--secret NAME), not --env")
-        if {"LSFN_FUNCTION", SPEC_VARIABLE} & set(self.env):
-            raise DeployError("LSFN_FUNCTION and LSFN_MODAL_SPEC are set by lsfn deploy modal itself")
+        image_set = sorted({"LSFN_FUNCTION", SPEC_VARIABLE, "MODEL_SIZE", "MODEL_ROOT", "IMAGE_INFO"} & set(self.env))
+        if image_set:
+            raise DeployError(f"{', '.join(image_set)}: set by the image (the weights baked follow them): "
+                              "use --model-size, --weights-list, --weights-from")  # fmt: skip
 
     def open_front_door(self) -> str | None:
         """Why the front door would be open to anyone with its URL, or None. Basic auth comes

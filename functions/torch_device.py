@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DeviceError", "gpu_attached", "nvidia_driver", "pick_device"]
+__all__ = ["DeviceError", "cuda_unasked", "gpu_attached", "nvidia_driver", "pick_device"]
 
 # The kernel module's version file: present where the NVIDIA driver is loaded, also inside any
 # container on such a host, GPU or not.
@@ -90,3 +92,19 @@ def pick_device(setting: str) -> str:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device
+
+
+@contextmanager
+def cuda_unasked() -> Iterator[None]:
+    """Within it, torch.cuda.is_available() and device_count() answer "no GPU" without asking
+    the driver. CUDA's device count is read once per process and kept: a model set up on the
+    CPU before a memory snapshot (Modal), where no GPU is attached, must not fix it at zero for
+    the restored process, which has one. Libraries ask while they build a model (sam2 does)."""
+    import torch
+
+    saved = torch.cuda.is_available, torch.cuda.device_count
+    torch.cuda.is_available, torch.cuda.device_count = (lambda: False), (lambda: 0)
+    try:
+        yield
+    finally:
+        torch.cuda.is_available, torch.cuda.device_count = saved

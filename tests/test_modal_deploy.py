@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import modal
 import numpy as np
 import pytest
 
@@ -104,6 +105,7 @@ def test_dry_run_prints_the_app_configuration() -> None:
         (("--min-containers", "4", "--max-containers", "2"), "--min-containers"),
         (("--scaledown-window", "1"), "--scaledown-window"),
         (("--env", "LABEL_STUDIO_API_KEY=x"), "must come from a Modal secret"),
+        (("--env", "MODEL_SIZE=tiny"), "set by the image"),  # the weights baked follow --model-size
     ],
 )
 def test_a_deploy_that_cannot_work_is_refused_in_one_sentence(args: tuple[str, ...], problem: str) -> None:
@@ -232,17 +234,107 @@ def test_gpu_class_answers_a_click_as_lsfn_serve_does(local_env: Path, tmp_path:
     assert item["result"][0]["type"] == "brushlabels" and item["result"][0]["value"]["rle"]
 
 
-def test_gpu_class_moves_a_model_set_up_on_the_cpu(local_env: Path) -> None:
+def test_gpu_class_moves_a_model_set_up_on_the_cpu(local_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before the snapshot the model is set up with DEVICE=cpu; after restore it is moved, not
-    loaded again, and /health reports it ready."""
+    set up again, then warmed up, and /health reports it ready."""
     shutil.copyfile(yolo_models.detector(), local_env / "shapes-det.pt")
-    gpu = load_app(ModalSpec(function="yolo")).Function()
-    status, _, _ = gpu.handle.local("GET", "/health", None, {})
-    runtime = gpu.runtime
-    assert runtime._on_cpu and runtime.model._models  # set up before the (snapshot) boundary
-    assert runtime.loader.wait(60).value == "ready"
-    assert gpu.handle.local("GET", "/health", None, {})[0] == 200 and status in (200, 503)
-    assert runtime.model.settings.device == "auto" and runtime.model.device == "cpu"
+    module = load_app(ModalSpec(function="yolo"))
+    model_class = module.model_class("yolo")
+    calls: list[tuple[str, str]] = []
+    for name in ("setup", "move_to", "warmup"):
+        original = getattr(model_class, name)
+
+        def spy(self: Any, *args: Any, _name: str = name, _original: Any = original) -> Any:
+            calls.append((_name, self.settings.device))
+            return _original(self, *args)
+
+        monkeypatch.setattr(model_class, name, spy)
+    gpu = module.Function()
+    gpu.handle.local("GET", "/health", None, {})
+    assert gpu.runtime.loader.wait(60).value == "ready"
+    assert calls == [("setup", "cpu"), ("move_to", "auto"), ("warmup", "auto")]
+    assert gpu.handle.local("GET", "/health", None, {})[0] == 200
+    assert gpu.runtime.model.device == "cpu"  # DEVICE=auto on a machine without a GPU
+
+
+def test_sam2_is_set_up_on_the_cpu_without_asking_cuda(local_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sam2 asks torch for a GPU while it builds its model: before a CPU snapshot that would fix
+    CUDA's device count at zero for the restored container. The class keeps torch from asking."""
+    import torch
+
+    from functions.torch_device import cuda_unasked
+    from shared.runtime.app import Runtime
+
+    sam2_models.write_checkpoint(local_env / sam2_models.TINY_CHECKPOINT)
+    monkeypatch.setenv("MODEL_SIZE", "tiny")
+    get_settings.cache_clear()
+    module = load_app(ModalSpec(function="sam2"))
+    model_class, gpu_settings = module.model_class, module.gpu_settings
+
+    def asked() -> int:
+        raise AssertionError("the CUDA driver was asked")
+
+    monkeypatch.setattr(torch._C, "_cuda_getDeviceCount", asked)
+    unguarded = Runtime(model_class("sam2"), gpu_settings())
+    unguarded.preload_on_cpu()
+    assert not unguarded._on_cpu  # sam2 asked: the test would see it
+    guarded = Runtime(model_class("sam2"), gpu_settings())
+    with cuda_unasked():
+        guarded.preload_on_cpu()
+    assert guarded._on_cpu and guarded.model.engine is not None
+
+
+class FakeCall:
+    def __init__(self, outcome: Any) -> None:
+        self.outcome, self.timeouts, self.cancelled = outcome, [], False
+
+    def get(self, timeout: float) -> Any:
+        self.timeouts.append(timeout)
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeMethod:
+    def __init__(self, outcome: Any) -> None:
+        self.call = FakeCall(outcome)
+        self.spawned: list[tuple] = []
+
+    def spawn(self, *args: Any) -> FakeCall:
+        if isinstance(self.call.outcome, modal.exception.ConnectionError):
+            raise self.call.outcome
+        self.spawned.append(args)
+        return self.call
+
+
+@pytest.mark.parametrize(
+    ("outcome", "timed_out"),
+    [
+        (TimeoutError(), True),  # no answer in the call's time: it may still be running
+        (modal.exception.FunctionTimeoutError("timeout"), True),
+        (modal.exception.OutputExpiredError(), False),  # lost: safe to send again
+        (modal.exception.ConnectionError("refused"), False),
+        (ValueError("raised in the container"), False),
+    ],
+)
+def test_the_front_doors_modal_upstream_maps_failures(outcome: BaseException, timed_out: bool) -> None:
+    from shared.runtime.upstream import Unreachable
+
+    method = FakeMethod(outcome)
+    with pytest.raises(Unreachable) as raised:
+        load_app(ModalSpec(function="yolo")).remote_handler(method)("POST", "/predict", b"{}", {"X-Request-Id": "r"}, 2.5)
+    assert raised.value.timed_out is timed_out
+    assert not method.call.cancelled  # cancelling would stop the whole (concurrent) container
+
+
+def test_the_front_doors_modal_upstream_returns_the_answer() -> None:
+    method = FakeMethod((200, b'{"results":[]}', {"Content-Type": "application/json"}))
+    answer = load_app(ModalSpec(function="yolo")).remote_handler(method)("POST", "/predict", b"{}", {"X-Request-Id": "r"}, 2.5)
+    assert answer == (200, b'{"results":[]}', {"Content-Type": "application/json"})
+    assert method.spawned == [("POST", "/predict", b"{}", {"X-Request-Id": "r"})] and method.call.timeouts == [2.5]
 
 
 # -- the front door, upstream bound to .local(), driven by a real Label Studio ----------------------

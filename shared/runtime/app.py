@@ -65,9 +65,16 @@ class Runtime(Service):
         self._on_cpu = True
 
     def _load(self) -> None:
-        if not (self._on_cpu and self.model.move_to(self.settings.device)):
+        if not (self._on_cpu and self._moved()):
             self.model.setup()
         self.model.warmup()
+
+    def _moved(self) -> bool:
+        try:
+            return self.model.move_to(self.settings.device)
+        except Exception:  # noqa: BLE001 - set up again on DEVICE: that reports its own error
+            logger.exception("moving the model set up on the CPU failed; setting it up again")
+            return False
 
     def start(self) -> None:
         """Start loading the model in the background (also done by the first request)."""
