@@ -278,9 +278,11 @@ def test_tasks_not_answered_by_the_deadline_are_error_items(upstream: RecordingS
     assert [r["score"] for r in done] == [100, 101][: len(done)] and 1 <= len(done) <= 2
     assert late and all("not predicted before the deadline" in r["error"] for r in late)
     assert len(upstream.hits) <= 3  # answered at the deadline: the last chunks were never sent
-    # What the upstream was told it has left only ever shrinks.
+    # What the upstream was told it has left only ever shrinks, and never reaches past the
+    # deadline less the answer's way back (2 s - 1 s; sent in milliseconds: a chunk forwarded
+    # within half a millisecond of the request's arrival is told 1.000).
     left = [float(h.headers["x-predict-deadline"]) for h in upstream.hits]
-    assert left == sorted(left, reverse=True) and left[0] < 1.0
+    assert left == sorted(left, reverse=True) and left[0] <= 1.0
 
 
 def test_webhooks_are_answered_at_once_and_delivered_in_the_background(upstream: RecordingServer) -> None:
