@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deploy.cloudrun_spec import DeployError, DeploySpec, front_door_service, gpu_service, service_name
+from deploy.cloudrun_spec import DeployError, DeploySpec, front_door_service, gpu_service, job_name, prelabel_job, service_name
 
-__all__ = ["INVOKER", "Step", "apply", "dry_run", "plan"]
+__all__ = ["INVOKER", "Step", "apply", "apply_job", "dry_run", "plan", "plan_job"]
 
 INVOKER = "roles/run.invoker"
 # An IAM write that lost a race with another writer (409 Aborted, 412 etag mismatch) is read
@@ -71,7 +71,9 @@ def _service_dict(service: Any) -> dict[str, Any]:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _jsonable(item) for key, item in value.items()}
-    return _service_dict(value) if hasattr(type(value), "to_dict") else value
+    if not hasattr(type(value), "to_dict"):
+        return value
+    return _service_dict(value) if type(value).__name__ == "Service" else _message_dict(value)
 
 
 def dry_run(spec: DeploySpec) -> str:
@@ -175,3 +177,43 @@ def apply(spec: DeploySpec, services: Any, log: Callable[[str], None] = print, t
     _add_binding(services, binding.request, log)
     door = _deploy_service(services, plan(spec, gpu_url=gpu.uri)[2].request, log, timeout)
     return door.uri
+
+
+def plan_job(spec: DeploySpec, workers: int) -> Step:
+    """The pre-annotation job's request (`lsfn deploy cloudrun FUNCTION --job`)."""
+    spec.check()
+    if workers < 1:
+        raise DeployError("--workers must be at least 1")
+    return Step("create_or_update_job", {"parent": _parent(spec), "job_id": job_name(spec.function), "job": prelabel_job(spec, workers)})
+
+
+def dry_run_job(spec: DeploySpec, workers: int) -> str:
+    step = plan_job(spec, workers)
+    return json.dumps([{"method": step.method, "request": _jsonable(step.request)}], indent=2)
+
+
+def apply_job(spec: DeploySpec, workers: int, jobs: Any, log: Callable[[str], None] = print, timeout: float = 900) -> str:
+    """Create or update the job through ``jobs`` (a ``run_v2.JobsClient``); its name."""
+    from google.api_core import exceptions
+
+    request = plan_job(spec, workers).request
+    name = f"{request['parent']}/jobs/{request['job_id']}"
+    try:
+        try:
+            current = jobs.get_job(name=name)
+        except exceptions.NotFound:
+            current = None
+        if current is None:
+            log(f"creating {name}")
+            operation = jobs.create_job(parent=request["parent"], job=request["job"], job_id=request["job_id"])
+        elif _subset(_message_dict(request["job"]), _message_dict(current)):
+            log(f"{name}: unchanged")
+            return name
+        else:
+            log(f"updating {name}")
+            request["job"].name = name
+            operation = jobs.update_job(job=request["job"])
+        operation.result(timeout=timeout)
+    except exceptions.GoogleAPICallError as exc:
+        raise _explain(exc, f"deploy {name}") from None
+    return name

@@ -11,7 +11,7 @@ from typing import Any
 
 from deploy.cloudrun_spec import FUNCTIONS, GPUS, DeployError, DeploySpec, service_name
 
-__all__ = ["add_parser", "name_value", "run", "spec_from"]
+__all__ = ["add_parser", "client", "name_value", "run", "spec_from"]
 
 # The secret a plain --label-studio-api-key is stored in (never a plain environment variable).
 API_KEY_SECRET = "lsfn-label-studio-api-key"
@@ -62,6 +62,9 @@ def add_parser(commands: Any) -> None:
                      help="then connect Label Studio's project N to the front door (lsfn connect: needs --label-studio-url, "
                           "the API key, and BASIC_AUTH_PASS / WEBHOOK_SECRET in this shell when the deploy sets them)")
     cmd.add_argument("--interactive", action="store_true", help="with --connect-project: for interactive pre-annotation")
+    cmd.add_argument("--job", action="store_true",
+                     help="deploy the pre-annotation job (lsfn prelabel ... cloudrun-job:FUNCTION) instead of the services")
+    cmd.add_argument("--workers", type=int, default=4, help="with --job: tasks of an execution, each on its own GPU (default 4)")
     cmd.add_argument("--dry-run", action="store_true", help="print the requests as JSON and send none")
     cmd.add_argument("--api-endpoint", help="the Cloud Run Admin API's address (tests, private endpoints)")
 
@@ -94,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         spec = spec_from(args)
+        if args.job:
+            return _deploy_job(spec, args)
         if args.dry_run:
             if problem := spec.open_front_door():
                 print(f"lsfn: warning: {problem} (a deploy refuses this)", file=sys.stderr)
@@ -124,6 +129,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy_job(spec: DeploySpec, args: argparse.Namespace) -> int:
+    """The pre-annotation job: the same image, a GPU per task."""
+    from deploy.cloudrun import apply_job, dry_run_job
+
+    if args.dry_run:
+        print(dry_run_job(spec, args.workers))
+        return 0
+    if args.label_studio_api_key:
+        spec.secrets["LABEL_STUDIO_API_KEY"] = f"{API_KEY_SECRET}:{_store_secret(spec.project, API_KEY_SECRET, args.label_studio_api_key)}"
+    name = apply_job(spec, args.workers, client("JobsClient", args.api_endpoint), log=lambda line: print(f"lsfn: {line}", file=sys.stderr))
+    print(f"job: {name}\nrun it: lsfn prelabel cloudrun-job:{spec.function} --project <ID> --gcp-project {spec.project} "
+          f"--region {spec.region} [--workers N]")  # fmt: skip
+    return 0
+
+
 def _connect(spec: DeploySpec, url: str, args: argparse.Namespace) -> int:
     """`lsfn connect` the deployed front door to the project."""
     from deploy.connect import connect_and_report
@@ -145,15 +165,20 @@ def _connect(spec: DeploySpec, url: str, args: argparse.Namespace) -> int:
 
 
 def _services_client(endpoint: str | None) -> Any:
+    return client("ServicesClient", endpoint)
+
+
+def client(kind: str, endpoint: str | None) -> Any:
+    """A ``run_v2`` client (ServicesClient, JobsClient, ExecutionsClient)."""
     from google.cloud import run_v2
 
     if endpoint:  # a test double or a private endpoint, over REST
         from google.api_core.client_options import ClientOptions
         from google.auth.credentials import AnonymousCredentials
 
-        return run_v2.ServicesClient(credentials=AnonymousCredentials(), transport="rest",
+        return getattr(run_v2, kind)(credentials=AnonymousCredentials(), transport="rest",
                                      client_options=ClientOptions(api_endpoint=endpoint))  # fmt: skip
-    return run_v2.ServicesClient()
+    return getattr(run_v2, kind)()
 
 
 def _store_secret(project: str, secret_id: str, value: str) -> str:

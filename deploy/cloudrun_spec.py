@@ -288,3 +288,48 @@ def front_door_service(spec: DeploySpec, upstream_url: str) -> Any:
         labels={"lsfn-function": spec.function.replace("_", "-"), "lsfn-role": "front-door"},
         description=f"lsfn {spec.function}: Label Studio connects here; forwards to {service_name(spec.function, 'gpu')}",
     )
+
+
+# A pre-annotation task's time limit: a shard of a large project on one GPU.
+JOB_TASK_TIMEOUT_SECONDS = 6 * 3600
+
+
+def job_name(function: str) -> str:
+    return "lsfn-" + function.replace("_", "-") + "-prelabel"
+
+
+def prelabel_job(spec: DeploySpec, workers: int) -> Any:
+    """The pre-annotation job (`lsfn prelabel ... cloudrun-job:FUNCTION`): the GPU function's
+    image, one GPU per task. Each of an execution's ``workers`` tasks predicts its shard of the
+    project in-process (`lsfn prelabel local:FUNCTION`, sharded by CLOUD_RUN_TASK_INDEX and
+    CLOUD_RUN_TASK_COUNT) and stores the predictions itself; the project and the options come
+    with each execution (its container overrides)."""
+    from google.cloud import run_v2
+    from google.protobuf import duration_pb2
+
+    plain = {**spec.env, "LSFN_FUNCTION": spec.function}
+    if spec.label_studio_url:
+        plain["LABEL_STUDIO_URL"] = spec.label_studio_url
+    secrets = {name: ref for name, ref in spec.secrets.items() if name not in FRONT_DOOR_SECRETS}
+    container = run_v2.Container(
+        name="prelabel",
+        image=spec.image,
+        command=["lsfn", "prelabel"],
+        env=_env(plain, secrets),
+        resources=run_v2.ResourceRequirements(
+            limits={"cpu": str(spec.gpu_cpu), "memory": f"{spec.gpu_memory_gib}Gi", "nvidia.com/gpu": "1"}
+        ),
+    )
+    labels = {"lsfn-function": spec.function.replace("_", "-"), "lsfn-role": "prelabel"}
+    task = run_v2.TaskTemplate(
+        containers=[container],
+        max_retries=1,  # a task that died is run again: what it stored is skipped
+        timeout=duration_pb2.Duration(seconds=JOB_TASK_TIMEOUT_SECONDS),
+        service_account=spec.service_account or "",
+        node_selector=run_v2.NodeSelector(accelerator=spec.gpu_type),
+        gpu_zonal_redundancy_disabled=not spec.gpu_zonal_redundancy,
+    )
+    return run_v2.Job(
+        template=run_v2.ExecutionTemplate(task_count=workers, parallelism=workers, template=task, labels=labels),
+        labels=labels,
+    )

@@ -8,89 +8,19 @@ wherever a user has Python, next to Label Studio or not.
 
 from __future__ import annotations
 
-import json
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
+
+from deploy.label_studio import LabelStudio, LabelStudioError
+
+# What a refused or unreachable Label Studio raises here (the client's error, by its old name).
+ConnectError = LabelStudioError
 
 __all__ = ["ConnectError", "Connection", "LabelStudio", "connect", "connect_and_report"]
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 _STATES = {"CO": "connected", "DI": "disconnected", "ER": "error", "TR": "training", "PR": "predicting"}
-
-
-class ConnectError(RuntimeError):
-    """Label Studio refused or could not be reached; the message says what to do."""
-
-
-def _is_personal_token(token: str) -> bool:
-    return token.count(".") == 2  # a JWT; a legacy token is 40 hex characters
-
-
-class LabelStudio:
-    """A small client of Label Studio's API, authenticated like a script: a personal access
-    token is exchanged for a short-lived access token, a legacy token is sent as is."""
-
-    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
-        self.timeout = timeout
-        self._auth = self._authorization()
-
-    def _authorization(self) -> str:
-        if not _is_personal_token(self.token):
-            return f"Token {self.token}"
-        answer = self._call("POST", "/api/token/refresh/", {"refresh": self.token}, auth=False)
-        return f"Bearer {answer['access']}"
-
-    def get(self, path: str) -> Any:
-        return self._call("GET", path)
-
-    def post(self, path: str, body: Any) -> Any:
-        return self._call("POST", path, body)
-
-    def patch(self, path: str, body: Any) -> Any:
-        return self._call("PATCH", path, body)
-
-    def status(self, path: str, authorization: str | None) -> int:
-        """The status of a GET with the given Authorization header (a task file, say)."""
-        request = urllib.request.Request(self.url + path, method="GET")
-        if authorization:
-            request.add_header("Authorization", authorization)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                return response.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-
-    def _call(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if auth:
-            request.add_header("Authorization", self._auth)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                text = response.read().decode()
-        except urllib.error.HTTPError as exc:
-            raise ConnectError(f"Label Studio answered {exc.code} to {method} {path}: {_reason(exc)}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ConnectError(f"cannot reach Label Studio at {self.url}: {getattr(exc, 'reason', exc)}") from None
-        return json.loads(text) if text.strip() else None
-
-
-def _reason(exc: urllib.error.HTTPError) -> str:
-    """Label Studio's own words for a refusal (validation errors, detail)."""
-    try:
-        body = json.loads(exc.read().decode() or "{}")
-    except ValueError:
-        return exc.reason
-    errors = body.get("validation_errors") if isinstance(body, dict) else None
-    if isinstance(errors, dict):
-        return "; ".join(str(m) for messages in errors.values() for m in (messages if isinstance(messages, list) else [messages]))
-    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
 
 
 @dataclass

@@ -43,12 +43,12 @@ def model_class(function: str) -> Any:
 
 
 def gpu_settings() -> Any:
-    """The GPU class's settings: the process's, without the front door's credentials. The class
-    has no URL; only functions of the same Modal workspace can call it, and its front door does
-    not pass the client's Authorization on."""
-    from shared.settings import get_settings
+    """The GPU class's settings: without the front door's credentials. The class has no URL;
+    only functions of the same Modal workspace can call it, and its front door does not pass
+    the client's Authorization on."""
+    from shared.settings import in_process_settings
 
-    return get_settings().model_copy(update={"basic_auth_user": None, "basic_auth_pass": None, "webhook_secret": None})
+    return in_process_settings()
 
 
 def _ignored(top: Path, path: Path) -> bool:

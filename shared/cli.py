@@ -12,9 +12,10 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from shared.runtime.app import Runtime
     from shared.runtime.model import Spec
 
-__all__ = ["main", "resolve_function", "resolve_spec"]
+__all__ = ["function_runtime", "main", "resolve_function", "resolve_spec"]
 
 TARGET = "handler"  # the functions-framework target every function module defines
 
@@ -67,6 +68,22 @@ def resolve_spec(function: str) -> type[Spec]:
     if runtime is None:
         raise SystemExit(f"lsfn: {source} defines no {TARGET!r} made by shared.runtime.http_target")
     return type(runtime.model)
+
+
+def function_runtime(function: str) -> Runtime:
+    """A function's Runtime in this process (its model not loaded yet), for callers that are
+    not HTTP clients (`lsfn prelabel local:FUNCTION`): without Basic auth or the webhook
+    secret, which guard the routes from the network."""
+    from shared.runtime.app import Runtime
+    from shared.settings import in_process_settings
+
+    source = resolve_function(function)
+    sys.path[:0] = [str(source.parent)]
+    target = getattr(_load_module(source, "lsfn_function_main"), TARGET, None)
+    runtime = getattr(target, "runtime", None)
+    if runtime is None:
+        raise SystemExit(f"lsfn: {source} defines no {TARGET!r} made by shared.runtime.http_target")
+    return Runtime(type(runtime.model), in_process_settings())
 
 
 def serve(function: str, host: str, port: int, upstream: str | None = None) -> None:
@@ -151,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_cloudrun(targets)
     add_modal(targets)
+    from deploy.prelabel_cli import add_parser as add_prelabel
+
+    add_prelabel(commands)
     connect_cmd = commands.add_parser("connect", help="connect a function to a Label Studio project")
     connect_cmd.add_argument("url", help="the function's URL, as Label Studio reaches it")
     connect_cmd.add_argument("--project", type=int, required=True, help="the Label Studio project id")
@@ -190,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "connect":
         return _connect(args)
+    if args.command == "prelabel":
+        from deploy.prelabel_cli import run as prelabel
+
+        return prelabel(args)
     if args.command == "deploy":
         if args.target == "modal":
             from deploy.modal_cli import run as deploy_modal

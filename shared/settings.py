@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "get_settings", "in_process_settings"]
 
 MiB = 1 << 20
 
@@ -148,3 +148,10 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read once (tests call ``get_settings.cache_clear()``)."""
     return Settings()
+
+
+def in_process_settings() -> Settings:
+    """The process's settings without Basic auth and the webhook secret, for a function called
+    in-process rather than over the network (Modal's GPU class behind its front door, `lsfn
+    prelabel local:FUNCTION`): those guard the routes from network clients."""
+    return get_settings().model_copy(update={"basic_auth_user": None, "basic_auth_pass": None, "webhook_secret": None})
