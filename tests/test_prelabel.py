@@ -317,3 +317,26 @@ def test_following_an_execution_counts_the_predictions_stored() -> None:
     lines = out.getvalue().splitlines()
     assert [line.split(" predictions")[0] for line in lines[:3]] == ["lsfn prelabel: 4", "lsfn prelabel: 10", "lsfn prelabel: 18"]
     assert lines[-1] == "lsfn prelabel: execution e-1 ended: 2 tasks succeeded, 1 failed, 20 predictions stored"
+
+
+def test_a_busy_or_unreachable_function_is_tried_again() -> None:
+    from deploy.prelabel_targets import send_retrying
+
+    answers: list[Any] = [ConnectionRefusedError("refused"), (503, b'{"error":"model is loading"}', {"Retry-After": "0"}),
+                          (429, b"{}", {"retry-after": "0.1"}), (200, b'{"results":[]}', {})]  # fmt: skip
+    sent: list[tuple[str, str]] = []
+
+    def send(path: str, body: bytes, key: str) -> Any:
+        sent.append((path, key))
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert send_retrying(send, "/predict", b"{}", "b-1")[0] == 200 and len(sent) == 4
+    # Past the time given, the last busy answer is final (its batch fails), not a retry forever.
+    busy = lambda path, body, key: (503, b'{"error":"busy"}', {"Retry-After": "5"})  # noqa: E731
+    started = time.monotonic()
+    assert send_retrying(busy, "/predict", b"{}", "b-2", retry_for=1.0)[0] == 503 and time.monotonic() - started < 2
+    # Any other answer is final at once.
+    assert send_retrying(lambda *a: (422, b"{}", {}), "/predict", b"{}", "b-3")[0] == 422
