@@ -133,6 +133,9 @@ def _deploy_job(spec: DeploySpec, args: argparse.Namespace) -> int:
     """The pre-annotation job: the same image, a GPU per task."""
     from deploy.cloudrun import apply_job, dry_run_job
 
+    if not spec.label_studio_url or not ("LABEL_STUDIO_API_KEY" in spec.secrets or args.label_studio_api_key):
+        raise DeployError("the job's tasks read and write the project: give --label-studio-url and the API key "
+                          "(--secret LABEL_STUDIO_API_KEY=SECRET or --label-studio-api-key)")  # fmt: skip
     if args.dry_run:
         print(dry_run_job(spec, args.workers))
         return 0

@@ -103,6 +103,11 @@ class LabelStudio:
         answer = self.post(f"/api/projects/{project}/import/predictions", predictions)
         return int(answer.get("created", 0)) if isinstance(answer, dict) else 0
 
+    def task_prediction_versions(self, task: int) -> set[str]:
+        """The model versions of the predictions one task holds."""
+        answer = self.get(f"/api/predictions?task={task}")
+        return {str(p.get("model_version")) for p in answer or [] if isinstance(p, dict)}
+
     def model_versions(self, project: int) -> dict[str, int]:
         """The project's predictions counted by model version."""
         answer = self.get(f"/api/projects/{project}/model-versions")
@@ -123,7 +128,7 @@ class LabelStudio:
             if exc.code == 401 and auth and not retried and _is_personal_token(self.token):
                 self._auth = self._authorization()  # the access token expired
                 return self._call(method, path, body, auth, retried=True)
-            if exc.code in (502, 503, 504) and not retried:  # a restarting Label Studio
+            if exc.code in (502, 503, 504) and method == "GET" and not retried:  # a restarting Label Studio
                 time.sleep(2.0)
                 return self._call(method, path, body, auth, retried=True)
             raise LabelStudioError(f"Label Studio answered {exc.code} to {method} {path.split('?')[0]}: {_reason(exc)}",

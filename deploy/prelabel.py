@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TextIO
 
-from deploy.label_studio import LabelStudio, prediction_versions
+from deploy.label_studio import LabelStudio, LabelStudioError, prediction_versions
 
-__all__ = ["Batch", "Options", "Progress", "Summary", "Target", "parse_task_ids", "predict_body", "prelabel", "select_tasks"]
+__all__ = ["Batch", "Options", "Progress", "Summary", "Target", "id_ranges", "parse_task_ids", "predict_body", "prelabel", "select_tasks"]
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,25 @@ class Summary:
     stored: int = 0
     failures: list[tuple[int | None, str]] = field(default_factory=list)
     seconds: float = 0.0
+    version_warned: bool = False
 
 
 _RANGE = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+))?\s*")
+
+
+def id_ranges(ids: set[int]) -> str:
+    """Task ids written back as ``--tasks`` takes them (``1-200,250``)."""
+    parts: list[str] = []
+    ordered = sorted(ids)
+    start = previous = ordered[0] if ordered else 0
+    for task_id in ordered[1:] + [None]:  # type: ignore[list-item]
+        if task_id is not None and task_id == previous + 1:
+            previous = task_id
+            continue
+        parts.append(str(start) if start == previous else f"{start}-{previous}")
+        if task_id is not None:
+            start = previous = task_id
+    return ",".join(parts) if ordered else ""
 
 
 def parse_task_ids(text: str) -> set[int]:
@@ -89,10 +105,12 @@ def select_tasks(tasks: Iterator[dict[str, Any]], options: Options, version: str
     ``--tasks``, unlabeled with ``--only-unlabeled``, and without a prediction of ``version``."""
     index, count = options.shard
     chosen = []
+    seen: set[int] = set()
     for task in tasks:
         task_id = task.get("id")
-        if not isinstance(task_id, int) or task_id % count != index:
-            continue
+        if not isinstance(task_id, int) or task_id % count != index or task_id in seen:
+            continue  # (a tab ordered on a column with ties can page a task twice)
+        seen.add(task_id)
         if options.task_ids is not None and task_id not in options.task_ids:
             continue
         if options.only_unlabeled and (task.get("total_annotations") or task.get("cancelled_annotations")):
@@ -234,13 +252,33 @@ def _store(ls: LabelStudio, project: int, batch: Batch, answer: list[Any] | Exce
             predictions.extend(found)
         else:
             failed.append((task.get("id"), problem))
-    created = ls.import_predictions(project, predictions)
-    if created < len(predictions):
-        say(f"Label Studio stored {created} of the {len(predictions)} predictions of batch {batch.key} "
-            "(it leaves out those that do not fit the label config)")  # fmt: skip
+    try:
+        created = ls.import_predictions(project, predictions)
+    except LabelStudioError as exc:  # this batch is not stored; the next run sends it again
+        created = 0
+        failed += [(p["task"], f"Label Studio did not store it: {exc}") for p in predictions]
+    else:
+        if created < len(predictions):
+            # Label Studio leaves out predictions that do not fit the label config and says
+            # only how many it stored: find which tasks lack theirs.
+            missing = [p for p in predictions if not _holds(ls, p["task"], p["model_version"])]
+            failed += [(p["task"], "Label Studio did not store its prediction (it does not fit the label config)")
+                       for p in missing]  # fmt: skip
+    failed = list(dict.fromkeys(failed))
+    if not summary.version_warned and any(p["model_version"] != version for p in predictions):
+        summary.version_warned = True
+        say(f"the function stamps its predictions {predictions[0]['model_version']!r} but answered /setup with {version!r}: "
+            "a later run cannot tell these tasks are done")  # fmt: skip
     summary.stored += created
-    summary.done += len(batch.tasks) - len(failed)
-    summary.failed += len(failed)
+    summary.done += len(batch.tasks) - len({task_id for task_id, _ in failed})
+    summary.failed += len({task_id for task_id, _ in failed})
     for task_id, problem in failed:
         summary.failures.append((task_id, problem))
         say(f"task {task_id} failed: {problem}")
+
+
+def _holds(ls: LabelStudio, task: int, version: str) -> bool:
+    try:
+        return version in ls.task_prediction_versions(task)
+    except LabelStudioError:
+        return False

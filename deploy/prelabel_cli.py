@@ -46,7 +46,8 @@ def add_parser(commands: Any) -> None:
     cmd.add_argument("--modal-environment", help="modal: the environment the app was deployed in")
     cmd.add_argument("--gcp-project", default=os.environ.get("GOOGLE_CLOUD_PROJECT"), help="cloudrun-job: the project")
     cmd.add_argument("--region", default=os.environ.get("GOOGLE_CLOUD_REGION"), help="cloudrun-job: the region")
-    cmd.add_argument("--workers", type=int, help="cloudrun-job: tasks of the execution, each on its own GPU (default: the job's)")
+    cmd.add_argument("--workers", type=int, help="cloudrun-job: tasks of this execution (default: the job's); how many run "
+                                                 "at once is the job's --workers, set when it was deployed")
     cmd.add_argument("--dry-run", action="store_true", help="cloudrun-job: print the execution's request; start nothing")
 
 
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
             from deploy.prelabel_job import run_job
 
             return run_job(args, options)
+        if args.dry_run:
+            raise ValueError("--dry-run prints a Cloud Run Job execution's request: it goes with cloudrun-job:FUNCTION")
         if not args.label_studio or not args.token:
             raise ValueError("give --label-studio and --token (or LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
         ls = LabelStudio(args.label_studio, args.token)

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from deploy.cloudrun_spec import job_name
-from deploy.prelabel import Options
+from deploy.prelabel import Options, id_ranges
 
 __all__ = ["execution_request", "run_job"]
 
@@ -27,7 +27,7 @@ def execution_request(function: str, gcp_project: str, region: str, options: Opt
     if options.view is not None:
         args += ["--view", str(options.view)]
     if options.task_ids:
-        args += ["--tasks", ",".join(str(i) for i in sorted(options.task_ids))]
+        args += ["--tasks", id_ranges(options.task_ids)]
     if options.only_unlabeled:
         args.append("--only-unlabeled")
     if options.prompt:
@@ -59,7 +59,13 @@ def run_job(args: argparse.Namespace, options: Options) -> int:
               f"{function} --job)", file=sys.stderr)  # fmt: skip
         return 2
     print(f"lsfn prelabel: started an execution of {request['name']}", file=sys.stderr)
-    return follow(operation, _counter(args), sys.stderr)
+    try:
+        return follow(operation, _counter(args), sys.stderr)
+    except KeyboardInterrupt:
+        # The execution goes on without us: a second run now would predict the same shards.
+        print(f"lsfn prelabel: no longer following; the execution keeps running (cancel it with gcloud run jobs "
+              f"executions cancel, in {args.region}); run again only once it ended", file=sys.stderr)  # fmt: skip
+        return 130
 
 
 def _counter(args: argparse.Namespace) -> Any:
@@ -83,9 +89,14 @@ def follow(operation: Any, count: Any, out: Any, every: float = FOLLOW_EVERY) ->
             elapsed = time.monotonic() - started
             print(f"lsfn prelabel: {stored} predictions stored in {elapsed:.0f} s ({stored / max(elapsed, 1e-6):.2f}/s)", file=out,
                   flush=True)
-    execution = operation.result()
-    failed = int(getattr(execution, "failed_count", 0))
     stored = f", {count() - before} predictions stored" if count is not None else ""
-    print(f"lsfn prelabel: execution {getattr(execution, 'name', '')} ended: {getattr(execution, 'succeeded_count', 0)} tasks "
-          f"succeeded, {failed} failed{stored}", file=out)  # fmt: skip
-    return 1 if failed else 0
+    try:
+        execution = operation.result()
+    except Exception as exc:  # noqa: BLE001 - a failed execution ends its operation with an error
+        print(f"lsfn prelabel: the execution failed: {getattr(exc, 'message', exc)}{stored}", file=out)
+        return 1
+    succeeded = int(getattr(execution, "succeeded_count", 0))
+    failed, cancelled = int(getattr(execution, "failed_count", 0)), int(getattr(execution, "cancelled_count", 0))
+    print(f"lsfn prelabel: execution {getattr(execution, 'name', '')} ended: {succeeded} tasks succeeded, {failed} failed, "
+          f"{cancelled} cancelled{stored}", file=out)  # fmt: skip
+    return 1 if failed or cancelled or succeeded < int(getattr(execution, "task_count", succeeded)) else 0

@@ -95,7 +95,8 @@ def run_pooled(call: Callable[[Batch], list[Any] | Exception], batches: Sequence
             return exc
 
     pending = iter(batches)
-    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="lsfn-prelabel") as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="lsfn-prelabel")
+    try:
         running: dict[Future[list[Any] | Exception], Batch] = {}
         for batch in pending:
             running[pool.submit(guarded, batch)] = batch
@@ -109,6 +110,9 @@ def run_pooled(call: Callable[[Batch], list[Any] | Exception], batches: Sequence
                 if following is not None:
                     running[pool.submit(guarded, following)] = following
                 yield batch, future.result()
+    finally:
+        # Interrupted: do not wait for the batches in flight (their answers would be dropped).
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _version(status: int, data: bytes, where: str) -> str:
@@ -185,7 +189,10 @@ class MapTarget:
     def setup(self, body: bytes) -> str:
         headers = {"Content-Type": "application/json", "X-Request-Id": "prelabel-setup"}
         for attempt in range(20):
-            status, data, answered = self.handle.remote("POST", "/setup", body, headers)
+            try:
+                status, data, answered = self.handle.remote("POST", "/setup", body, headers)
+            except Exception as exc:  # noqa: BLE001 - Modal's: not deployed, not logged in, ...
+                raise TargetError(f"cannot call {self.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
             if status not in RETRIED:
                 return _version(status, data, self.name)
             time.sleep(_retry_after(answered, attempt))
@@ -202,7 +209,7 @@ class MapTarget:
                 [{"Content-Type": "application/json", "X-Request-Id": b.key} for b in pending],
                 order_outputs=False, return_exceptions=True,
             )  # fmt: skip
-            for output in outputs:
+            for output in _guarded(outputs, problems):
                 if isinstance(output, BaseException):  # which batch it was is not said
                     problems.append(output)
                     continue
@@ -223,18 +230,33 @@ class MapTarget:
                     yield batch, RuntimeError("the GPU function stayed busy")
                 return
             pending = retry + unanswered
+            time.sleep(min(2.0 * 2**round_, 30.0))  # busy: give the containers a moment
+
+
+def _guarded(outputs: Any, problems: list[BaseException]) -> Iterator[Any]:
+    """The map's outputs; an error of the map itself (not of one call) ends them, recorded."""
+    try:
+        yield from outputs
+    except Exception as exc:  # noqa: BLE001 - the batches not answered are failed by the caller
+        problems.append(exc)
 
 
 def modal_target(function: str, max_containers: int | None, environment: str | None = None) -> MapTarget:
     """The GPU class of the app `lsfn deploy modal FUNCTION` deployed."""
-    import modal
-
+    try:
+        import modal
+    except ImportError:
+        raise TargetError("modal: targets need Modal's client: pip install 'lsfn[modal]'") from None
     from deploy.modal_spec import app_name
 
-    cls = modal.Cls.from_name(app_name(function), "Function", environment_name=environment)
-    if max_containers:
-        cls = cls.with_options(max_containers=max_containers)
-    return MapTarget(cls().handle, f"modal:{function}")
+    try:
+        cls = modal.Cls.from_name(app_name(function), "Function", environment_name=environment)
+        if max_containers:
+            cls = cls.with_options(max_containers=max_containers)
+        return MapTarget(cls().handle, f"modal:{function}")
+    except Exception as exc:  # noqa: BLE001 - Modal's: no credentials, the app not deployed
+        raise TargetError(f"cannot find {app_name(function)} on Modal ({type(exc).__name__}: {exc}): "
+                          f"lsfn deploy modal {function}") from None  # fmt: skip
 
 
 def target_from(spec: str, concurrency: int, basic_auth: tuple[str, str] | None = None, max_containers: int | None = None,

@@ -316,7 +316,27 @@ def test_following_an_execution_counts_the_predictions_stored() -> None:
     assert follow(Operation(), lambda: next(stored), out, every=0.0) == 1  # a task failed
     lines = out.getvalue().splitlines()
     assert [line.split(" predictions")[0] for line in lines[:3]] == ["lsfn prelabel: 4", "lsfn prelabel: 10", "lsfn prelabel: 18"]
-    assert lines[-1] == "lsfn prelabel: execution e-1 ended: 2 tasks succeeded, 1 failed, 20 predictions stored"
+    assert lines[-1] == "lsfn prelabel: execution e-1 ended: 2 tasks succeeded, 1 failed, 0 cancelled, 20 predictions stored"
+
+    class Ended(Operation):
+        def __init__(self, outcome: Any) -> None:
+            self.outcome = outcome
+
+        def done(self) -> bool:
+            return True
+
+        def result(self) -> Any:
+            if isinstance(self.outcome, Exception):
+                raise self.outcome
+            return self.outcome
+
+    fields = {"name": "e-2", "succeeded_count": 3, "failed_count": 0, "cancelled_count": 0, "task_count": 3}
+    assert follow(Ended(type("Execution", (), fields)()), None, io.StringIO()) == 0
+    cancelled = {**fields, "succeeded_count": 1, "cancelled_count": 2}
+    assert follow(Ended(type("Execution", (), cancelled)()), None, io.StringIO()) == 1  # cancelled is not done
+    out = io.StringIO()
+    assert follow(Ended(RuntimeError("Task prelabel-0 failed")), None, out) == 1
+    assert out.getvalue() == "lsfn prelabel: the execution failed: Task prelabel-0 failed\n"
 
 
 def test_a_busy_or_unreachable_function_is_tried_again() -> None:
@@ -340,3 +360,41 @@ def test_a_busy_or_unreachable_function_is_tried_again() -> None:
     assert send_retrying(busy, "/predict", b"{}", "b-2", retry_for=1.0)[0] == 503 and time.monotonic() - started < 2
     # Any other answer is final at once.
     assert send_retrying(lambda *a: (422, b"{}", {}), "/predict", b"{}", "b-3")[0] == 422
+
+
+class Stamped:
+    """A target answering each task with a prediction whose control is the task's own choice:
+    ``bad`` tasks name a control the label config does not have (Label Studio leaves those out
+    of a bulk import, saying only how many it stored)."""
+
+    def __init__(self, bad: set[int]) -> None:
+        self.bad = bad
+
+    def setup(self, body: bytes) -> str:
+        return "stamped-1"
+
+    def run(self, batches: Any) -> Iterator[tuple[Any, Any]]:
+        for batch in batches:
+            yield batch, [{"result": [{"from_name": "nowhere" if t["id"] in self.bad else "label", "to_name": "image",
+                                       "type": "rectanglelabels", "original_width": 96, "original_height": 72,
+                                       "value": {"x": 1, "y": 1, "width": 5, "height": 5, "rotation": 0,
+                                                 "rectanglelabels": ["Box"]}}]} for t in batch.tasks]  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_predictions_label_studio_leaves_out_are_failures(label_studio_server: LabelStudioServer) -> None:
+    project = image_project(label_studio_server, 4, seed=1707)
+    ids = task_ids(label_studio_server, project)
+    ls = LabelStudio(label_studio_server.url, LEGACY_TOKEN)
+    summary = prelabel(ls, Stamped({ids[1]}), Options(project=project, batch_size=4), out=io.StringIO())
+    stored_tasks = {p["task"] for p in predictions(label_studio_server, project)}
+    assert (summary.done, summary.failed) == (3, 1) and summary.failures[0][0] == ids[1]
+    assert "did not store its prediction" in summary.failures[0][1] and stored_tasks == set(ids) - {ids[1]}
+
+
+def test_dry_run_goes_with_cloud_run_jobs_only() -> None:
+    done = lsfn("prelabel", "http://127.0.0.1:9", "--project", "1", "--label-studio", "http://127.0.0.1:9", "--token", "t",
+                "--dry-run")  # fmt: skip
+    assert done.returncode == 2 and "cloudrun-job" in done.stderr and "Traceback" not in done.stderr
+    job = lsfn("deploy", "cloudrun", "yolo", "--project", "p", "--region", "europe-west4", "--job", "--dry-run")
+    assert job.returncode == 1 and "--label-studio-url and the API key" in job.stderr
