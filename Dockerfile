@@ -71,6 +71,7 @@ RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
 FROM python AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY lsfn/ lsfn/
 COPY shared/ shared/
 COPY functions/ functions/
 # The package's modules and install step, not the local weights folder beside them.
@@ -111,7 +112,7 @@ FROM core AS front-door
 ARG FUNCTION
 ARG MODEL_SIZE
 COPY --from=weights /app/models/weights-manifest.json /app/models/weights-manifest.json
-RUN python -m deploy.image_info "$FUNCTION" --role front-door \
+RUN python -m lsfn.deploy.image_info "$FUNCTION" --role front-door \
         --manifest /app/models/weights-manifest.json > /app/image.json
 LABEL org.opencontainers.image.title="lsfn-${FUNCTION}-front-door" \
       org.opencontainers.image.description="lsfn front door for ${FUNCTION}: no model, forwards to UPSTREAM_URL" \
@@ -158,7 +159,7 @@ RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
     --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \
     install-function "$FUNCTION" "$(ls /wheels/lsfn-*.whl)"
 COPY --from=weights /app/models /app/models
-RUN python -m deploy.image_info "$FUNCTION" --torch-build "$TORCH" \
+RUN python -m lsfn.deploy.image_info "$FUNCTION" --torch-build "$TORCH" \
         --manifest /app/models/weights-manifest.json > /app/image.json
 LABEL org.opencontainers.image.title="lsfn-${FUNCTION}" \
       org.opencontainers.image.description="lsfn ${FUNCTION}: Label Studio ML backend as a serverless GPU function" \

@@ -49,7 +49,7 @@ def quiet_env() -> dict[str, str]:
 
 def serve_front_door(upstream: str, log: Path) -> tuple[object, int]:
     port = free_port()
-    argv = [sys.executable, "-m", "shared.cli", "serve", str(NULL), "--port", str(port), "--upstream", upstream]
+    argv = [sys.executable, "-m", "lsfn.shared.cli", "serve", str(NULL), "--port", str(port), "--upstream", upstream]
     process = start_group(argv, ROOT, quiet_env(), log)
     why = wait_healthy(process, port, 60)
     if why is not None:
@@ -62,7 +62,7 @@ def startup(workdir: Path) -> None:
     timings = {}
     for role, extra in (("front door", ["--upstream", "http://127.0.0.1:9"]), ("function", [])):
         port = free_port()
-        argv = [sys.executable, "-m", "shared.cli", "serve", "yolo", "--port", str(port), *extra]
+        argv = [sys.executable, "-m", "lsfn.shared.cli", "serve", "yolo", "--port", str(port), *extra]
         started = time.perf_counter()
         process = start_group(argv, ROOT, quiet_env(), workdir / f"startup-{role.replace(' ', '-')}.log")
         why = wait_healthy(process, port, 300)

@@ -86,8 +86,8 @@ def warm_overhead(requests: int, workdir: Path) -> None:
 
 
 def start_phases() -> None:
-    from deploy.modal_cli import load_app
-    from deploy.modal_spec import ModalSpec
+    from lsfn.deploy.modal_cli import load_app
+    from lsfn.deploy.modal_spec import ModalSpec
 
     os.environ.update({"LOG_LEVEL": "WARNING", "YOLO_OFFLINE": "1"})
     gpu = load_app(ModalSpec(function="yolo")).Function()

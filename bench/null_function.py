@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared import results
-from shared.runtime import Batch, Model, Prediction, create_app, http_target
+from lsfn.shared import results
+from lsfn.shared.runtime import Batch, Model, Prediction, create_app, http_target
 
 # Names of the label config the benchmark sends (tests/data/ls-1.23/req-0013-POST-predict.json).
 FROM_NAME, TO_NAME, LABEL = "label", "image", "Cat"

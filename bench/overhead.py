@@ -399,7 +399,7 @@ def main() -> int:
         ours_port, lsml_port = free_port(), free_port()
         ours = Server(
             "lsfn",
-            [sys.executable, "-m", "shared.cli", "serve", "bench/null_function.py", "--port", str(ours_port), "--host", HOST],
+            [sys.executable, "-m", "lsfn.shared.cli", "serve", "bench/null_function.py", "--port", str(ours_port), "--host", HOST],
             # Every connection may run a batch prediction at once (one slot more is kept for
             # interactive requests): the limit would answer 503 otherwise.
             _server_env(

@@ -27,9 +27,9 @@ sys.path[:0] = [str(ROOT)]
 
 from processes import serve_function, stop_group  # noqa: E402
 
-from deploy.label_studio import LabelStudio  # noqa: E402
-from deploy.prelabel import Options, prelabel  # noqa: E402
-from deploy.prelabel_targets import HttpTarget  # noqa: E402
+from lsfn.deploy.label_studio import LabelStudio  # noqa: E402
+from lsfn.deploy.prelabel import Options, prelabel  # noqa: E402
+from lsfn.deploy.prelabel_targets import HttpTarget  # noqa: E402
 from tests import synthetic  # noqa: E402
 from tests.label_studio import LEGACY_TOKEN, LabelStudioServer  # noqa: E402
 from tests.test_e2e import make_project  # noqa: E402

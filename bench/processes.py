@@ -67,7 +67,7 @@ def serve_function(name: str, root: Path, env: dict[str, str], log: Path, host: 
     """`lsfn serve NAME` on a free port, once /health answers 200: (process, port). Exits with
     the function's log when it does not become ready."""
     port = free_port(host)
-    argv = [sys.executable, "-m", "shared.cli", "serve", name, "--port", str(port), "--host", host]
+    argv = [sys.executable, "-m", "lsfn.shared.cli", "serve", name, "--port", str(port), "--host", host]
     process = start_group(argv, root, env, log)
     why = wait_healthy(process, port, timeout, host)
     if why is not None:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from label_studio_sdk.converter import brush  # noqa: E402
 
-from shared.rle import mask_to_rle, rle_to_mask  # noqa: E402
+from lsfn.shared.rle import mask_to_rle, rle_to_mask  # noqa: E402
 
 TARGETS = {("shapes 1920x1080", "encode"): 8.0, ("noise 1920x1080", "encode"): 20.0}
 

@@ -51,7 +51,7 @@ def build_checkpoint(size: str, path: Path) -> Path:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from functions.sam2.engine import SIZES
+    from lsfn.functions.sam2.engine import SIZES
     from sam2.build_sam import build_sam2
 
     torch.manual_seed(0)

@@ -184,7 +184,7 @@ class Function:
     started: float = 0.0  # time.perf_counter() just before the process was created
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "shared.cli", "serve", "yolo", "--port", str(self.port), "--host", HOST]
+        argv = [sys.executable, "-m", "lsfn.shared.cli", "serve", "yolo", "--port", str(self.port), "--host", HOST]
         self.started = time.perf_counter()
         self.process = start_group(argv, ROOT, self.env, self.log)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deploy.cloudrun_spec import DeployError, DeploySpec, front_door_service, gpu_service, job_name, prelabel_job, service_name
+from lsfn.deploy.cloudrun_spec import DeployError, DeploySpec, front_door_service, gpu_service, job_name, prelabel_job, service_name
 
 __all__ = ["INVOKER", "Step", "apply", "apply_job", "dry_run", "plan", "plan_job"]
 

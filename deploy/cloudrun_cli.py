@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from deploy.cloudrun_spec import FUNCTIONS, GPUS, DeployError, DeploySpec, service_name
+from lsfn.deploy.cloudrun_spec import FUNCTIONS, GPUS, DeployError, DeploySpec, service_name
 
 __all__ = ["add_parser", "client", "name_value", "run", "spec_from"]
 
@@ -93,7 +93,7 @@ def spec_from(args: argparse.Namespace) -> DeploySpec:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deploy.cloudrun import apply, dry_run
+    from lsfn.deploy.cloudrun import apply, dry_run
 
     try:
         spec = spec_from(args)
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _deploy_job(spec: DeploySpec, args: argparse.Namespace) -> int:
     """The pre-annotation job: the same image, a GPU per task."""
-    from deploy.cloudrun import apply_job, dry_run_job
+    from lsfn.deploy.cloudrun import apply_job, dry_run_job
 
     if not spec.label_studio_url or not ("LABEL_STUDIO_API_KEY" in spec.secrets or args.label_studio_api_key):
         raise DeployError("the job's tasks read and write the project: give --label-studio-url and the API key "
@@ -149,7 +149,7 @@ def _deploy_job(spec: DeploySpec, args: argparse.Namespace) -> int:
 
 def _connect(spec: DeploySpec, url: str, args: argparse.Namespace) -> int:
     """`lsfn connect` the deployed front door to the project."""
-    from deploy.connect import connect_and_report
+    from lsfn.deploy.connect import connect_and_report
 
     token = args.label_studio_api_key or os.environ.get("LABEL_STUDIO_API_KEY")
     if not spec.label_studio_url or not token:

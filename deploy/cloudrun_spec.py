@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from functions.torch_device import MIN_DRIVER  # the CUDA -> driver facts, kept in one place
+from lsfn.functions.torch_device import MIN_DRIVER  # the CUDA -> driver facts, kept in one place
 
 __all__ = [
     "FRONT_DOOR_SECRETS", "FUNCTIONS", "GPUS", "SECRET_VARIABLES", "DeployError", "DeploySpec", "Gpu", "cuda_of_torch_build",

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploy.label_studio import LabelStudio, LabelStudioError
+from lsfn.deploy.label_studio import LabelStudio, LabelStudioError
 
 # What a refused or unreachable Label Studio raises here (the client's error, by its old name).
 ConnectError = LabelStudioError

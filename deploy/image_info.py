@@ -3,7 +3,7 @@ reported by the function on ``/health``: the function, lsfn's version, the torch
 version and the CUDA it was compiled for, read from torch itself rather than from the build
 arguments) and the weights manifest. A deployed instance can then be asked what it runs.
 
-    python -m deploy.image_info FUNCTION --torch-build cu126 --manifest /app/models/weights-manifest.json
+    python -m lsfn.deploy.image_info FUNCTION --torch-build cu126 --manifest /app/models/weights-manifest.json
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from shared.weights import read_manifest
+from lsfn.shared.weights import read_manifest
 
 __all__ = ["image_info", "main"]
 
@@ -41,7 +41,7 @@ def image_info(function: str, role: str, torch_build: str | None, manifest: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.image_info", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lsfn.deploy.image_info", description=__doc__.splitlines()[0])
     parser.add_argument("function")
     parser.add_argument("--role", choices=["function", "front-door"], default="function")
     parser.add_argument("--torch-build", help="the TORCH build argument (cu126, pypi, cpu, ...)")

@@ -2,7 +2,7 @@
 (``lsfn deploy modal`` sets it; the image carries it, so the containers build the same app).
 
     lsfn deploy modal sam2                        # what users run
-    LSFN_FUNCTION=sam2 modal deploy -m deploy.modal_app   # the same app with the default options
+    LSFN_FUNCTION=sam2 modal deploy -m lsfn.deploy.modal_app   # the same app with the default options
 
 ``Function`` (the GPU class) sets the model up inside ``@modal.enter(snap=True)``: on the CPU,
 since a memory snapshot is taken without a GPU, and moved to the GPU after restore; with
@@ -27,10 +27,10 @@ from typing import Any
 
 import modal
 
-from deploy.cloudrun_spec import DeployError
-from deploy.modal_spec import SPEC_VARIABLE, ModalSpec, image_steps, source_root
-from functions.torch_device import cuda_unasked
-from shared.runtime.upstream import CallUpstream, Handler, Unreachable
+from lsfn.deploy.cloudrun_spec import DeployError
+from lsfn.deploy.modal_spec import SPEC_VARIABLE, ModalSpec, image_steps, source_root
+from lsfn.functions.torch_device import cuda_unasked
+from lsfn.shared.runtime.upstream import CallUpstream, Handler, Unreachable
 
 __all__ = ["SPEC", "Function", "app", "build_image", "front_door", "front_door_app", "gpu_settings", "image", "model_class",
            "remote_handler"]
@@ -38,7 +38,7 @@ __all__ = ["SPEC", "Function", "app", "build_image", "front_door", "front_door_a
 
 def model_class(function: str) -> Any:
     """The Model class a function's main.py serves."""
-    target = importlib.import_module(f"functions.{function}.main").handler
+    target = importlib.import_module(f"lsfn.functions.{function}.main").handler
     return type(target.runtime.model)
 
 
@@ -46,7 +46,7 @@ def gpu_settings() -> Any:
     """The GPU class's settings: without the front door's credentials. The class has no URL;
     only functions of the same Modal workspace can call it, and its front door does not pass
     the client's Authorization on."""
-    from shared.settings import in_process_settings
+    from lsfn.shared.settings import in_process_settings
 
     return in_process_settings()
 
@@ -127,8 +127,8 @@ def remote_handler(method: Any) -> Handler:
 
 def front_door_app(function: str, handler: Handler) -> Any:
     """The front door's WSGI app for ``function``, its upstream ``handler``."""
-    from shared.cli import resolve_spec
-    from shared.runtime.front_door import create_front_door
+    from lsfn.shared.cli import resolve_spec
+    from lsfn.shared.runtime.front_door import create_front_door
 
     app = create_front_door(resolve_spec(function), upstream=CallUpstream(handler))
     app.extensions["lsfn"].start()
@@ -163,7 +163,7 @@ class Function:
 
     @modal.enter(snap=True)
     def set_up(self) -> None:
-        from shared.runtime.app import Runtime
+        from lsfn.shared.runtime.app import Runtime
 
         started = time.perf_counter()
         self.runtime = Runtime(model_class(SPEC.function), gpu_settings())

@@ -11,9 +11,9 @@ import sys
 from types import ModuleType
 from typing import Any
 
-from deploy.cloudrun_cli import name_value
-from deploy.cloudrun_spec import FUNCTIONS, DeployError
-from deploy.modal_spec import SPEC_VARIABLE, TORCH_BUILDS, ModalSpec
+from lsfn.deploy.cloudrun_cli import name_value
+from lsfn.deploy.cloudrun_spec import FUNCTIONS, DeployError
+from lsfn.deploy.modal_spec import SPEC_VARIABLE, TORCH_BUILDS, ModalSpec
 
 __all__ = ["add_parser", "credentials", "load_app", "run", "spec_from"]
 
@@ -86,8 +86,8 @@ def load_app(spec: ModalSpec) -> ModuleType:
     as Modal's containers import it."""
     spec.check()
     os.environ[SPEC_VARIABLE] = spec.to_json()
-    sys.modules.pop("deploy.modal_app", None)
-    return importlib.import_module("deploy.modal_app")
+    sys.modules.pop("lsfn.deploy.modal_app", None)
+    return importlib.import_module("lsfn.deploy.modal_app")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,7 +137,7 @@ def _deploy(spec: ModalSpec, environment: str | None) -> str:
 
 def _connect(spec: ModalSpec, url: str, args: argparse.Namespace) -> int:
     """`lsfn connect` the deployed front door to the project."""
-    from deploy.connect import connect_and_report
+    from lsfn.deploy.connect import connect_and_report
 
     token = os.environ.get("LABEL_STUDIO_API_KEY")
     if not spec.label_studio_url or not token:

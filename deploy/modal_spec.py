@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from deploy.cloudrun_spec import FUNCTIONS, SECRET_VARIABLES, DeployError
+from lsfn.deploy.cloudrun_spec import FUNCTIONS, SECRET_VARIABLES, DeployError
 
 __all__ = ["SPEC_VARIABLE", "TORCH_BUILDS", "ModalSpec", "app_name", "image_steps", "source_root", "torch_requirements"]
 
@@ -37,7 +37,7 @@ IMAGE_ENV = {
 # Of the checkout, what the image's build reads (the Dockerfile's COPY lines): the package, its
 # weights lists and install scripts, the local weights folder (deploy/image/weights).
 FRONT_DOOR_MODEL_ROOT = "/app/front-door-models"
-SOURCE_PATHS = ("pyproject.toml", "README.md", "shared", "functions", "deploy")
+SOURCE_PATHS = ("pyproject.toml", "README.md", "lsfn", "shared", "functions", "deploy")
 SOURCE_IGNORE = ("**/__pycache__", "**/*.pyc", "functions/*/models/*", "!functions/yolo/models/shapes.pt",
                  "!functions/yolo/models/sample.png", "deploy/image/weights/*")  # fmt: skip
 
@@ -176,7 +176,7 @@ class ModalSpec:
     @classmethod
     def from_env(cls) -> ModalSpec | None:
         """The spec the deploying command put in LSFN_MODAL_SPEC (also inside the containers), or
-        one from LSFN_FUNCTION for `modal deploy -m deploy.modal_app`; None without either."""
+        one from LSFN_FUNCTION for `modal deploy -m lsfn.deploy.modal_app`; None without either."""
         if text := os.environ.get(SPEC_VARIABLE):
             return cls.from_json(text)
         if function := os.environ.get("LSFN_FUNCTION"):
@@ -238,7 +238,7 @@ def image_steps(spec: ModalSpec) -> list[dict[str, Any]]:
             "pip wheel --no-deps --wheel-dir /wheels /src",
             f'sh /src/deploy/image/install-function {function} "$(ls /wheels/lsfn-*.whl)"',
             weights,
-            f"python -m deploy.image_info {function} --torch-build {spec.torch} "
+            f"python -m lsfn.deploy.image_info {function} --torch-build {spec.torch} "
             "--manifest /app/models/weights-manifest.json > /app/image.json",
             # The front door's weights directory: the manifest alone, as in its Cloud Run image
             # (it answers the versions from the listed hashes instead of hashing GBs at start).

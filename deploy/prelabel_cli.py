@@ -62,9 +62,9 @@ def _basic_auth(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deploy.label_studio import LabelStudio, LabelStudioError
-    from deploy.prelabel import Options, parse_task_ids, prelabel
-    from deploy.prelabel_targets import TargetError, target_from
+    from lsfn.deploy.label_studio import LabelStudio, LabelStudioError
+    from lsfn.deploy.prelabel import Options, parse_task_ids, prelabel
+    from lsfn.deploy.prelabel_targets import TargetError, target_from
 
     try:
         options = Options(project=args.project, view=args.view, only_unlabeled=args.only_unlabeled,
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         if args.batch_size < 1 or args.concurrency < 1:
             raise ValueError("--batch-size and --concurrency must be at least 1")
         if args.target.startswith("cloudrun-job:"):
-            from deploy.prelabel_job import run_job
+            from lsfn.deploy.prelabel_job import run_job
 
             return run_job(args, options)
         if args.dry_run:

@@ -12,8 +12,8 @@ import sys
 import time
 from typing import Any
 
-from deploy.cloudrun_spec import job_name
-from deploy.prelabel import Options, id_ranges
+from lsfn.deploy.cloudrun_spec import job_name
+from lsfn.deploy.prelabel import Options, id_ranges
 
 __all__ = ["execution_request", "run_job"]
 
@@ -50,7 +50,7 @@ def run_job(args: argparse.Namespace, options: Options) -> int:
         return 0
     from google.api_core import exceptions
 
-    from deploy.cloudrun_cli import client
+    from lsfn.deploy.cloudrun_cli import client
 
     try:
         operation = client("JobsClient", None).run_job(request=request)
@@ -72,7 +72,7 @@ def _counter(args: argparse.Namespace) -> Any:
     """Predictions stored in the project now, or None without Label Studio's address."""
     if not args.label_studio or not args.token:
         return None
-    from deploy.label_studio import LabelStudio
+    from lsfn.deploy.label_studio import LabelStudio
 
     ls = LabelStudio(args.label_studio, args.token)
     return lambda: sum(ls.model_versions(args.project).values())

@@ -21,7 +21,7 @@ from typing import Any
 
 import urllib3
 
-from deploy.prelabel import Batch
+from lsfn.deploy.prelabel import Batch
 
 __all__ = ["HttpTarget", "LocalTarget", "MapTarget", "TargetError", "answer_results", "modal_target", "run_pooled", "send_retrying",
            "target_from"]
@@ -165,7 +165,7 @@ class LocalTarget(_SendTarget):
 
     def __init__(self, function: str, concurrency: int) -> None:
         super().__init__(concurrency)
-        from shared.cli import function_runtime
+        from lsfn.shared.cli import function_runtime
 
         self.name = f"local:{function}"
         self.runtime = function_runtime(function)
@@ -247,7 +247,7 @@ def modal_target(function: str, max_containers: int | None, environment: str | N
         import modal
     except ImportError:
         raise TargetError("modal: targets need Modal's client: pip install 'lsfn[modal]'") from None
-    from deploy.modal_spec import app_name
+    from lsfn.deploy.modal_spec import app_name
 
     try:
         cls = modal.Cls.from_name(app_name(function), "Function", environment_name=environment)

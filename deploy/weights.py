@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared.weights import file_sha256, write_manifest
+from lsfn.shared.weights import file_sha256, write_manifest
 
 __all__ = ["WeightsFetchError", "fetch_weights", "listed_weights", "listing_for"]
 

@@ -12,8 +12,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shared.runtime.app import Runtime
-    from shared.runtime.model import Spec
+    from lsfn.shared.runtime.app import Runtime
+    from lsfn.shared.runtime.model import Spec
 
 __all__ = ["function_runtime", "main", "resolve_function", "resolve_spec"]
 
@@ -40,7 +40,7 @@ def _load_module(path: Path, name: str) -> ModuleType:
     the same module other code imports), else from the file itself."""
     root = Path(__file__).parent.parent
     if path.is_relative_to(root / "functions"):
-        return importlib.import_module(".".join(path.relative_to(root).with_suffix("").parts))
+        return importlib.import_module(".".join(("lsfn", *path.relative_to(root).with_suffix("").parts)))
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"lsfn: cannot load {path}")
@@ -53,7 +53,7 @@ def _load_module(path: Path, name: str) -> ModuleType:
 def resolve_spec(function: str) -> type[Spec]:
     """The ``Spec`` of a function: ``spec`` in the spec.py beside its main.py (which imports no
     model library), else the model class its main.py serves."""
-    from shared.runtime.model import Spec
+    from lsfn.shared.runtime.model import Spec
 
     source = resolve_function(function)
     sys.path[:0] = [str(source.parent)]
@@ -74,8 +74,8 @@ def function_runtime(function: str) -> Runtime:
     """A function's Runtime in this process (its model not loaded yet), for callers that are
     not HTTP clients (`lsfn prelabel local:FUNCTION`): without Basic auth or the webhook
     secret, which guard the routes from the network."""
-    from shared.runtime.app import Runtime
-    from shared.settings import in_process_settings
+    from lsfn.shared.runtime.app import Runtime
+    from lsfn.shared.settings import in_process_settings
 
     source = resolve_function(function)
     sys.path[:0] = [str(source.parent)]
@@ -92,8 +92,8 @@ def serve(function: str, host: str, port: int, upstream: str | None = None) -> N
     from functions_framework._http import create_server
 
     if upstream:
-        from shared.runtime.front_door import create_front_door
-        from shared.settings import get_settings
+        from lsfn.shared.runtime.front_door import create_front_door
+        from lsfn.shared.settings import get_settings
 
         settings = get_settings().model_copy(update={"upstream_url": upstream.strip().rstrip("/")})
         app = create_front_door(resolve_spec(function), settings=settings)
@@ -163,14 +163,16 @@ def main(argv: list[str] | None = None) -> int:
                              help="write what was placed (names, sha256, sizes) to this JSON file")
     deploy_cmd = commands.add_parser("deploy", help="deploy a function (cloudrun, modal)")
     targets = deploy_cmd.add_subparsers(dest="target", required=True)
-    from deploy.cloudrun_cli import add_parser as add_cloudrun
-    from deploy.modal_cli import add_parser as add_modal
+    from lsfn.deploy.cloudrun_cli import add_parser as add_cloudrun
+    from lsfn.deploy.modal_cli import add_parser as add_modal
 
     add_cloudrun(targets)
     add_modal(targets)
-    from deploy.prelabel_cli import add_parser as add_prelabel
+    from lsfn.deploy.prelabel_cli import add_parser as add_prelabel
+    from lsfn.deploy.try_cli import add_parser as add_try
 
     add_prelabel(commands)
+    add_try(commands)
     connect_cmd = commands.add_parser("connect", help="connect a function to a Label Studio project")
     connect_cmd.add_argument("url", help="the function's URL, as Label Studio reaches it")
     connect_cmd.add_argument("--project", type=int, required=True, help="the Label Studio project id")
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.function, args.host, args.port, args.upstream)
         return 0
     if args.command == "weights":
-        from deploy.weights import WeightsFetchError, fetch_weights, listing_for
+        from lsfn.deploy.weights import WeightsFetchError, fetch_weights, listing_for
 
         try:
             lines = fetch_weights(listing_for(args.function), args.dest, args.mirror, only=args.only,
@@ -210,16 +212,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "connect":
         return _connect(args)
+    if args.command == "try":
+        from lsfn.deploy.try_cli import run as try_function
+
+        return try_function(args)
     if args.command == "prelabel":
-        from deploy.prelabel_cli import run as prelabel
+        from lsfn.deploy.prelabel_cli import run as prelabel
 
         return prelabel(args)
     if args.command == "deploy":
         if args.target == "modal":
-            from deploy.modal_cli import run as deploy_modal
+            from lsfn.deploy.modal_cli import run as deploy_modal
 
             return deploy_modal(args)
-        from deploy.cloudrun_cli import run as deploy_cloudrun
+        from lsfn.deploy.cloudrun_cli import run as deploy_cloudrun
 
         return deploy_cloudrun(args)
     parser.print_help()
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    from deploy.connect import connect_and_report
+    from lsfn.deploy.connect import connect_and_report
 
     if not args.label_studio or not args.token:
         print("lsfn: give --label-studio and --token (or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)", file=sys.stderr)

@@ -34,9 +34,9 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util import parse_url
 from urllib3.util.ssl_ import create_urllib3_context
 
-from shared.cache import SingleFlightLRU
-from shared.settings import Settings
-from shared.ssrf import AddressPolicy, ForbiddenURL, display_url
+from lsfn.shared.cache import SingleFlightLRU
+from lsfn.shared.settings import Settings
+from lsfn.shared.ssrf import AddressPolicy, ForbiddenURL, display_url
 
 __all__ = ["CLOUD_SCHEMES", "FetchError", "ImageFetcher"]
 

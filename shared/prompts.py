@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared import coords
-from shared.label_config import Control, LabelConfig
-from shared.protocol import Context, ContextRegion, ProtocolError
+from lsfn.shared import coords
+from lsfn.shared.label_config import Control, LabelConfig
+from lsfn.shared.protocol import Context, ContextRegion, ProtocolError
 
 __all__ = ["MAX_BOXES", "MAX_POINTS", "NEGATIVE_LABELS", "PROMPT_TYPES", "Prompts", "mask_control", "output_label", "prompts_for"]
 

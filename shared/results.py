@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from shared import coords
-from shared.masks import mask_to_polygon
-from shared.rle import mask_to_rle
+from lsfn.shared import coords
+from lsfn.shared.masks import mask_to_polygon
+from lsfn.shared.rle import mask_to_rle
 
 __all__ = [
     "Result",

@@ -15,8 +15,8 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shared.label_config import Control
-from shared.protocol import Context
+from lsfn.shared.label_config import Control
+from lsfn.shared.protocol import Context
 
 __all__ = ["TextPrompt", "text_prompt"]
 

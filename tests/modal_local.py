@@ -14,8 +14,8 @@ from typing import Any
 
 from werkzeug.serving import make_server
 
-from deploy.modal_cli import load_app
-from deploy.modal_spec import ModalSpec
+from lsfn.deploy.modal_cli import load_app
+from lsfn.deploy.modal_spec import ModalSpec
 
 
 def local_pair(function: str) -> tuple[Any, Any]:

@@ -75,7 +75,7 @@ def fixed_id_token(tmp: Path, token: str) -> dict[str, str]:
     folder = tmp / "id-token"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(
-        "import shared.runtime.id_token as _tokens\n"
+        "import lsfn.shared.runtime.id_token as _tokens\n"
         f"_tokens._fetch_from_google = lambda audience: {token!r}\n"
     )
     return {"PYTHONPATH": str(folder)}
@@ -128,7 +128,7 @@ class Function:
             full_env.pop(key, None)
         self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "serve", str(source), "--port", str(port), *args],
+            [sys.executable, "-m", "lsfn.shared.cli", "serve", str(source), "--port", str(port), *args],
             cwd=ROOT,
             env=full_env,
             stdout=self.log,

@@ -9,7 +9,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import pytest
 
-from shared.cache import SingleFlightLRU
+from lsfn.shared.cache import SingleFlightLRU
 
 
 def lru(max_bytes: int = 100, max_entries: int | None = None) -> SingleFlightLRU[str, bytes]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.cloudrun import apply
-from deploy.cloudrun_cli import _services_client
-from deploy.cloudrun_spec import DeployError, DeploySpec
+from lsfn.deploy.cloudrun import apply
+from lsfn.deploy.cloudrun_cli import _services_client
+from lsfn.deploy.cloudrun_spec import DeployError, DeploySpec
 from tests.fake_cloudrun import FakeCloudRun
 
 ROOT = Path(__file__).parent.parent
@@ -95,7 +95,7 @@ def test_a_permission_error_is_one_sentence_naming_the_role(api: FakeCloudRun) -
 
 def test_the_command_deploys_and_prints_what_label_studio_needs(api: FakeCloudRun) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "deploy", "cloudrun", "sam2", "--project", "p", "--region", "europe-west4",
+        [sys.executable, "-m", "lsfn.shared.cli", "deploy", "cloudrun", "sam2", "--project", "p", "--region", "europe-west4",
          "--image", "r/lsfn-sam2:v1-cu126", "--basic-auth-user", "annotators", "--secret", "BASIC_AUTH_PASS=lsfn-pass",
          "--api-endpoint", api.endpoint],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -117,7 +117,7 @@ def test_connect_project_connects_the_deployed_front_door(api: FakeCloudRun) -> 
     label_studio.routes["/api/projects/7"] = Answer(401, b'{"detail": "Invalid token."}')
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "deploy", "cloudrun", "sam2", "--project", "p", "--region", "europe-west4",
+            [sys.executable, "-m", "lsfn.shared.cli", "deploy", "cloudrun", "sam2", "--project", "p", "--region", "europe-west4",
              "--image", "r/lsfn-sam2:v1-cu126", "--api-endpoint", api.endpoint, "--connect-project", "7",
              "--allow-unauthenticated",
              "--label-studio-url", label_studio.url],

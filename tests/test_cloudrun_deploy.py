@@ -16,7 +16,7 @@ SECRET_VALUE = "pat-0123456789abcdef-not-to-be-printed"
 
 
 def deploy(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", "deploy", "cloudrun", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "lsfn.shared.cli", "deploy", "cloudrun", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from deploy.cloudrun import plan
-from deploy.cloudrun_spec import DeploySpec
+from lsfn.deploy.cloudrun import plan
+from lsfn.deploy.cloudrun_spec import DeploySpec
 from tests import yolo_models
 from tests.label_studio import LEGACY_TOKEN, LabelStudioServer
 from tests.platform import ScaleToZero

@@ -336,9 +336,9 @@ def modal_containerfile(steps: list[dict], torch_version: str) -> str:
 
 MODAL_CHECK = """
 import json
-import deploy.modal_app as app
-from shared.cli import resolve_spec
-from shared.settings import Settings
+import lsfn.deploy.modal_app as app
+from lsfn.shared.cli import resolve_spec
+from lsfn.shared.settings import Settings
 gpu = app.Function()
 status, body, headers = gpu.handle.local("POST", "/predict", json.dumps(BODY).encode(), {"Content-Type": "application/json"})
 front = resolve_spec(app.SPEC.function)(Settings(MODEL_ROOT=app.SPEC.config()["front_door"]["env"]["MODEL_ROOT"]))
@@ -353,7 +353,7 @@ def test_the_modal_image_steps_build_an_image_that_predicts(build: tuple[Contain
     engine, context, secrets, folders, torch_args = build
     if torch_args.get("TORCH_INDEX_URL") != "none":
         pytest.skip("no local CPU torch wheel to stand in for the CUDA one")
-    from deploy.modal_spec import SPEC_VARIABLE, ModalSpec, image_steps
+    from lsfn.deploy.modal_spec import SPEC_VARIABLE, ModalSpec, image_steps
 
     spec = ModalSpec(function=FUNCTION, weights_list="test-weights/weights.json", weights_from="test-weights",
                      torchvision_version="")  # fmt: skip

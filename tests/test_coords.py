@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.coords import (
+from lsfn.shared.coords import (
     PixelRect,
     box_xyxy,
     keypoint_from_percent,

@@ -72,7 +72,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, label_studio: LabelStudioS
 
 
 def lsfn_connect(label_studio: LabelStudioServer, project: int, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "shared.cli", "connect", url, "--project", str(project),
+    command = [sys.executable, "-m", "lsfn.shared.cli", "connect", url, "--project", str(project),
                "--label-studio", label_studio.url, "--token", LEGACY_TOKEN, *extra]  # fmt: skip
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 

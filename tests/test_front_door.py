@@ -19,10 +19,10 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.test import Client
 
-from shared.runtime.front_door import create_front_door
-from shared.runtime.upstream import Answer as UpstreamAnswer
-from shared.runtime.upstream import HttpUpstream
-from shared.settings import Settings
+from lsfn.shared.runtime.front_door import create_front_door
+from lsfn.shared.runtime.upstream import Answer as UpstreamAnswer
+from lsfn.shared.runtime.upstream import HttpUpstream
+from lsfn.shared.settings import Settings
 from tests.functions.bright.main import BrightModel
 from tests.servers import Answer, Hit, RecordingServer, free_port
 from tests.serving import Function, call, network_attempts, network_guard
@@ -445,7 +445,7 @@ def test_upstream_auth_google_id_token_sends_a_token_for_the_upstreams_url(upstr
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """UPSTREAM_AUTH=google-id-token (what the Cloud Run deploy sets): every call carries an ID
     token minted for the upstream's URL, reused until shortly before it expires."""
-    from shared.runtime import id_token
+    from lsfn.shared.runtime import id_token
 
     minted: list[str] = []
 
@@ -464,7 +464,7 @@ def test_upstream_auth_google_id_token_sends_a_token_for_the_upstreams_url(upstr
 
 
 def test_an_id_token_is_replaced_before_it_expires() -> None:
-    from shared.runtime.id_token import REFRESH_MARGIN, GoogleIdToken
+    from lsfn.shared.runtime.id_token import REFRESH_MARGIN, GoogleIdToken
 
     now = [1000.0]
     tokens = iter([jwt(now[0] + 3600), jwt(now[0] + 7200)])
@@ -493,7 +493,7 @@ class InProcess:
 def test_an_in_process_upstream_serves_the_same_answers_and_a_failing_chunk_fails_alone(
     tmp_path: Path, label_studio: RecordingServer
 ) -> None:
-    from shared.runtime import create_app
+    from lsfn.shared.runtime import create_app
 
     label_studio.routes["/data/upload/2/img.png"] = Answer(200, png(64, 48, [(10, 10, 20, 20)]), {"Content-Type": "image/png"})
     function_settings = Settings.model_validate({"MODEL_ROOT": str(tmp_path), "LABEL_STUDIO_URL": label_studio.url})

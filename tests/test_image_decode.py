@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.coords import oriented_size
-from shared.image_decode import ImageError, ImageTooLarge, decode_image
+from lsfn.shared.coords import oriented_size
+from lsfn.shared.image_decode import ImageError, ImageTooLarge, decode_image
 
 BIG = 10**9
 

@@ -25,10 +25,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared import images
-from shared.images import FetchError, ImageFetcher
-from shared.settings import Settings
-from shared.ssrf import ForbiddenURL
+from lsfn.shared import images
+from lsfn.shared.images import FetchError, ImageFetcher
+from lsfn.shared.settings import Settings
+from lsfn.shared.ssrf import ForbiddenURL
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4  # never decoded here: any bytes do
 LEGACY_KEY = "0123456789abcdef0123456789abcdef01234567"

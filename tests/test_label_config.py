@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from shared.label_config import LabelConfigError, parse_label_config
+from lsfn.shared.label_config import LabelConfigError, parse_label_config
 from tests import configs
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from shared.masks import mask_to_polygon
+from lsfn.shared.masks import mask_to_polygon
 
 
 def rasterize(points: np.ndarray, height: int, width: int) -> np.ndarray:

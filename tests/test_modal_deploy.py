@@ -20,10 +20,10 @@ import modal
 import numpy as np
 import pytest
 
-from deploy.cloudrun_spec import FUNCTIONS
-from deploy.modal_cli import credentials, load_app
-from deploy.modal_spec import ModalSpec
-from shared.settings import get_settings
+from lsfn.deploy.cloudrun_spec import FUNCTIONS
+from lsfn.deploy.modal_cli import credentials, load_app
+from lsfn.deploy.modal_spec import ModalSpec
+from lsfn.shared.settings import get_settings
 from tests import sam2_models, synthetic, yolo_models
 from tests.conftest import MODAL_CONFIG
 from tests.label_studio import LEGACY_TOKEN, LabelStudioServer
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def lsfn(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lsfn.shared.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})  # fmt: skip
 
 
@@ -45,8 +45,8 @@ def lsfn(*args: str, env: dict[str, str] | None = None, timeout: float = 120) ->
 
 IMPORT_CHECK = """
 import json, sys
-from deploy.modal_cli import load_app
-from deploy.modal_spec import ModalSpec
+from lsfn.deploy.modal_cli import load_app
+from lsfn.deploy.modal_spec import ModalSpec
 module = load_app(ModalSpec(function=sys.argv[1], secrets=["lsfn-secrets"]))
 print(json.dumps({"app": module.app.name, "class": type(module.Function).__name__,
                   "methods": sorted(module.Function._get_partial_functions()),
@@ -262,8 +262,8 @@ def test_sam2_is_set_up_on_the_cpu_without_asking_cuda(local_env: Path, monkeypa
     CUDA's device count at zero for the restored container. The class keeps torch from asking."""
     import torch
 
-    from functions.torch_device import cuda_unasked
-    from shared.runtime.app import Runtime
+    from lsfn.functions.torch_device import cuda_unasked
+    from lsfn.shared.runtime.app import Runtime
 
     sam2_models.write_checkpoint(local_env / sam2_models.TINY_CHECKPOINT)
     monkeypatch.setenv("MODEL_SIZE", "tiny")
@@ -321,7 +321,7 @@ class FakeMethod:
     ],
 )
 def test_the_front_doors_modal_upstream_maps_failures(outcome: BaseException, timed_out: bool) -> None:
-    from shared.runtime.upstream import Unreachable
+    from lsfn.shared.runtime.upstream import Unreachable
 
     method = FakeMethod(outcome)
     with pytest.raises(Unreachable) as raised:

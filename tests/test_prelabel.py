@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from deploy.label_studio import LabelStudio
-from deploy.prelabel import Options, Progress, Summary, parse_task_ids, prelabel
-from deploy.prelabel_cli import shard_from
-from deploy.prelabel_targets import MapTarget
+from lsfn.deploy.label_studio import LabelStudio
+from lsfn.deploy.prelabel import Options, Progress, Summary, parse_task_ids, prelabel
+from lsfn.deploy.prelabel_cli import shard_from
+from lsfn.deploy.prelabel_targets import MapTarget
 from tests import configs, yolo_models
 from tests.dino_models import write_model
 from tests.label_studio import LEGACY_TOKEN, LabelStudioServer
@@ -61,7 +61,7 @@ def yolo(tmp_path_factory: pytest.TempPathFactory, label_studio_server: LabelStu
 
 def lsfn_prelabel(label_studio: LabelStudioServer, project: int, target: str, *args: str, weights: Path | None = None,
                   env: dict[str, str] | None = None, background: bool = False) -> Any:  # fmt: skip
-    command = [sys.executable, "-m", "shared.cli", "prelabel", target, "--project", str(project),
+    command = [sys.executable, "-m", "lsfn.shared.cli", "prelabel", target, "--project", str(project),
                "--label-studio", label_studio.url, "--token", LEGACY_TOKEN, *args]  # fmt: skip
     full = {**os.environ, **(function_env(label_studio, weights) if weights else {}), **(env or {})}
     if background:
@@ -221,8 +221,8 @@ class LocalMap:
 @pytest.mark.e2e
 def test_modal_fan_out_through_a_stand_in_for_map(label_studio_server: LabelStudioServer, weights: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    from shared.cli import function_runtime
-    from shared.settings import get_settings
+    from lsfn.shared.cli import function_runtime
+    from lsfn.shared.settings import get_settings
 
     for key, value in function_env(label_studio_server, weights).items():
         monkeypatch.setenv(key, value)
@@ -266,7 +266,7 @@ def test_progress_without_a_terminal_is_plain_lines() -> None:
 
 
 def lsfn(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "lsfn.shared.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def test_the_cloud_run_job_and_its_execution_as_dry_runs() -> None:
@@ -299,7 +299,7 @@ def test_the_cloud_run_job_and_its_execution_as_dry_runs() -> None:
 
 
 def test_following_an_execution_counts_the_predictions_stored() -> None:
-    from deploy.prelabel_job import follow
+    from lsfn.deploy.prelabel_job import follow
 
     class Operation:
         polls = 0
@@ -340,7 +340,7 @@ def test_following_an_execution_counts_the_predictions_stored() -> None:
 
 
 def test_a_busy_or_unreachable_function_is_tried_again() -> None:
-    from deploy.prelabel_targets import send_retrying
+    from lsfn.deploy.prelabel_targets import send_retrying
 
     answers: list[Any] = [ConnectionRefusedError("refused"), (503, b'{"error":"model is loading"}', {"Retry-After": "0"}),
                           (429, b"{}", {"retry-after": "0.1"}), (200, b'{"results":[]}', {})]  # fmt: skip

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
-from shared import results
-from shared.label_config import LabelConfigError, parse_label_config
-from shared.prompts import MAX_BOXES, MAX_POINTS, mask_control, output_label, prompts_for
-from shared.protocol import Context, ProtocolError
+from lsfn.shared import results
+from lsfn.shared.label_config import LabelConfigError, parse_label_config
+from lsfn.shared.prompts import MAX_BOXES, MAX_POINTS, mask_control, output_label, prompts_for
+from lsfn.shared.protocol import Context, ProtocolError
 
 SIZE = (200, 100)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from shared.label_config import parse_label_config
-from shared.protocol import (
+from lsfn.shared.label_config import parse_label_config
+from lsfn.shared.protocol import (
     ProtocolError,
     TaskFailure,
     parse_predict,

@@ -10,8 +10,8 @@ import pytest
 from label_studio_sdk.converter import brush as sdk_brush
 from label_studio_sdk.label_interface import LabelInterface
 
-from shared import results as R
-from shared.coords import PixelRect, polygon_to_percent, rect_to_percent
+from lsfn.shared import results as R
+from lsfn.shared.coords import PixelRect, polygon_to_percent, rect_to_percent
 from tests import configs
 
 DATA = Path(__file__).parent / "data" / "ls-1.23"

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from label_studio_sdk.converter import brush as sdk
 
-from shared.rle import RLEError, decode_rle, mask_to_rle, rle_to_mask
+from lsfn.shared.rle import RLEError, decode_rle, mask_to_rle, rle_to_mask
 
 KINDS = ("empty", "full", "pixel", "noise", "sparse", "rects", "stripes")
 DTYPES = ("bool", "uint8_255", "uint8_any", "int64", "float32")

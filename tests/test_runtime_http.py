@@ -674,8 +674,8 @@ def test_create_app_is_a_plain_wsgi_app(tmp_path: Path, label_studio: RecordingS
     """gunicorn and Modal serve `create_app`'s Flask app directly: same routes, same answers."""
     from werkzeug.serving import make_server
 
-    from shared.runtime import create_app
-    from shared.settings import Settings
+    from lsfn.shared.runtime import create_app
+    from lsfn.shared.settings import Settings
     from tests.functions.bright.main import BrightModel
 
     (tmp_path / "bright.json").write_text("{}")
@@ -738,7 +738,7 @@ def test_functions_framework_target_serves_every_route(tmp_path: Path, label_stu
 
 def test_serve_unknown_function_explains(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "serve", "no-such-function"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "lsfn.shared.cli", "serve", "no-such-function"], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode != 0
     assert "no function 'no-such-function'" in done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.settings import Settings, get_settings
+from lsfn.shared.settings import Settings, get_settings
 
 
 @pytest.fixture(autouse=True)

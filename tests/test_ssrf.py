@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from shared.ssrf import AddressPolicy, ForbiddenURL, is_public_address
+from lsfn.shared.ssrf import AddressPolicy, ForbiddenURL, is_public_address
 
 FORBIDDEN = [
     "127.0.0.1",

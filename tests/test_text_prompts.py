@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from shared.label_config import parse_label_config
-from shared.protocol import Context
-from shared.text_prompts import MAX_PHRASES, text_prompt
+from lsfn.shared.label_config import parse_label_config
+from lsfn.shared.protocol import Context
+from lsfn.shared.text_prompts import MAX_PHRASES, text_prompt
 from tests import configs
 
 CONTROL = parse_label_config(configs.TEXT_PROMPT_BOXES).control("label")  # cats (cat, kitten), house, traffic_light

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from functions import torch_device
-from functions.torch_device import DeviceError, nvidia_driver, pick_device
+from lsfn.functions import torch_device
+from lsfn.functions.torch_device import DeviceError, nvidia_driver, pick_device
 
 L4_DRIVER = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\nGCC version:  gcc version 12.2.0\n"
 OPEN_DRIVER = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build  (dvs-builder@U16-I3-B03-4-3)\n"

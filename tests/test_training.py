@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 
-from shared.protocol import WebhookEvent
-from shared.runtime.lifecycle import Loader, State
-from shared.runtime.metrics import Metrics
-from shared.runtime.model import Model
-from shared.runtime.training import FitQueue
-from shared.settings import Settings
+from lsfn.shared.protocol import WebhookEvent
+from lsfn.shared.runtime.lifecycle import Loader, State
+from lsfn.shared.runtime.metrics import Metrics
+from lsfn.shared.runtime.model import Model
+from lsfn.shared.runtime.training import FitQueue
+from lsfn.shared.settings import Settings
 
 
 class Blocking(Model):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.weights import WeightsError, content_hash, resolve_weights
+from lsfn.shared.weights import WeightsError, content_hash, resolve_weights
 
 
 def test_names_inside_the_directory_resolve(tmp_path: Path) -> None:
@@ -45,9 +45,9 @@ def test_content_hash_follows_the_bytes(tmp_path: Path) -> None:
 def test_a_manifest_stands_for_absent_files(tmp_path: Path) -> None:
     """The front door's image: the manifest of its function's weights, not the files. Listed
     files count as present with the listed hash; anything else is still missing."""
-    from functions.grounding_dino.spec import DinoSettings, dino_version
-    from functions.sam2.spec import Sam2Settings, sam2_version
-    from shared.weights import MANIFEST, weights_file, weights_folder, write_manifest
+    from lsfn.functions.grounding_dino.spec import DinoSettings, dino_version
+    from lsfn.functions.sam2.spec import Sam2Settings, sam2_version
+    from lsfn.shared.weights import MANIFEST, weights_file, weights_folder, write_manifest
 
     files = [{"name": "sam2.1_hiera_large.pt", "sha256": "ab" * 32, "bytes": 1, "pinned": True},
              {"name": "grounding-dino-tiny/model.safetensors", "sha256": "cd" * 32, "bytes": 1, "pinned": False}]  # fmt: skip
@@ -71,7 +71,7 @@ def test_a_manifest_stands_for_absent_files(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_manifest_is_named(tmp_path: Path) -> None:
-    from shared.weights import MANIFEST
+    from lsfn.shared.weights import MANIFEST
 
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(WeightsError, match="manifest .* is unreadable"):

@@ -16,7 +16,7 @@ ROOT = Path(__file__).parent.parent
 
 
 def lsfn(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "lsfn.shared.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def listing(tmp_path: Path, url: str, sha256: str | None) -> Path:
@@ -59,7 +59,7 @@ def test_weights_are_downloaded_and_checked(tmp_path: Path) -> None:
 
 
 def test_a_listing_includes_other_functions_lists() -> None:
-    from deploy.weights import listed_weights, listing_for
+    from lsfn.deploy.weights import listed_weights, listing_for
 
     names = [entry["name"] for entry in listed_weights(listing_for("grounding_sam"))]
     assert "grounding-dino-tiny/model.safetensors" in names and "sam2.1_hiera_large.pt" in names
@@ -123,14 +123,14 @@ def test_a_size_picks_that_checkpoint_instead_of_the_default(tmp_path: Path) -> 
 
 
 def test_the_sam2_list_bakes_one_size_unless_others_are_named() -> None:
-    from deploy.weights import listed_weights, listing_for
+    from lsfn.deploy.weights import listed_weights, listing_for
 
     default = [e["name"] for e in listed_weights(listing_for("sam2")) if not e.get("optional")]
     assert default == ["sam2.1_hiera_large.pt"]
 
 
 def test_every_listed_download_is_pinned() -> None:
-    from deploy.weights import listed_weights, listing_for
+    from lsfn.deploy.weights import listed_weights, listing_for
 
     for function in ("yolo", "sam2", "grounding_dino", "grounding_sam"):
         for entry in listed_weights(listing_for(function)):
@@ -142,7 +142,7 @@ def test_the_image_info_records_torch_and_the_manifest(tmp_path: Path) -> None:
 
     manifest = tmp_path / "weights-manifest.json"
     manifest.write_text(json.dumps({"files": [{"name": "m.pt", "sha256": "ab" * 32, "bytes": 3, "pinned": True}]}))
-    done = subprocess.run([sys.executable, "-m", "deploy.image_info", "yolo", "--torch-build", "cu126", "--manifest", str(manifest)],
+    done = subprocess.run([sys.executable, "-m", "lsfn.deploy.image_info", "yolo", "--torch-build", "cu126", "--manifest", str(manifest)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     info = json.loads(done.stdout)
     assert info["function"] == "yolo" and info["torch"]["version"] == torch.__version__
@@ -154,7 +154,7 @@ def test_the_front_door_refuses_to_start_without_an_upstream() -> None:
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "UPSTREAM_URL"}
-    done = subprocess.run([sys.executable, "-m", "shared.cli", "serve", "yolo", "--front-door"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "lsfn.shared.cli", "serve", "yolo", "--front-door"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
     assert done.returncode == 2 and "UPSTREAM_URL" in done.stderr
 
@@ -170,7 +170,7 @@ def test_a_listed_file_that_is_nowhere_fails_the_build(tmp_path: Path) -> None:
 
 
 def test_a_named_file_of_another_size_than_asked_is_refused(tmp_path: Path) -> None:
-    from deploy.weights import WeightsFetchError, fetch_weights, listing_for
+    from lsfn.deploy.weights import WeightsFetchError, fetch_weights, listing_for
 
     with pytest.raises(WeightsFetchError, match="sam2.1_hiera_tiny.pt is the tiny model, but the size asked for is large"):
         fetch_weights(listing_for("sam2"), tmp_path, only=["sam2.1_hiera_tiny.pt"], size="large")

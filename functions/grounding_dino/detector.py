@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions.grounding_dino.engine import Detection, DinoEngine
-from functions.grounding_dino.spec import DEFAULT_MODEL, DinoSettings, model_folder
-from shared.label_config import Control, LabelConfigError
-from shared.runtime import Batch
-from shared.text_prompts import TextPrompt, text_prompt
-from shared.weights import WeightsError
+from lsfn.functions.grounding_dino.engine import Detection, DinoEngine
+from lsfn.functions.grounding_dino.spec import DEFAULT_MODEL, DinoSettings, model_folder
+from lsfn.shared.label_config import Control, LabelConfigError
+from lsfn.shared.runtime import Batch
+from lsfn.shared.text_prompts import TextPrompt, text_prompt
+from lsfn.shared.weights import WeightsError
 
 __all__ = ["Detector"]
 

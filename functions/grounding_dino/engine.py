@@ -24,8 +24,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import numpy as np  # noqa: E402
 
-from shared.runtime.errors import TaskError  # noqa: E402
-from shared.weights import WeightsError  # noqa: E402
+from lsfn.shared.runtime.errors import TaskError  # noqa: E402
+from lsfn.shared.weights import WeightsError  # noqa: E402
 
 __all__ = ["Detection", "DinoEngine"]
 

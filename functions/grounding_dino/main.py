@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from functions.grounding_dino.detector import Detector
-from functions.grounding_dino.spec import GroundingDinoSpec, output_box_control
-from functions.torch_device import pick_device
-from shared import coords, results
-from shared.runtime import Batch, Model, Prediction, create_app, http_target, warmup_image
+from lsfn.functions.grounding_dino.detector import Detector
+from lsfn.functions.grounding_dino.spec import GroundingDinoSpec, output_box_control
+from lsfn.functions.torch_device import pick_device
+from lsfn.shared import coords, results
+from lsfn.shared.runtime import Batch, Model, Prediction, create_app, http_target, warmup_image
 
 
 class GroundingDinoModel(GroundingDinoSpec, Model):

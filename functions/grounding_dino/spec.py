@@ -11,10 +11,10 @@ from typing import Any
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.label_config import Control, LabelConfig
-from shared.protocol import Context
-from shared.runtime.model import Spec
-from shared.weights import WeightsError, content_hash, weights_file, weights_folder
+from lsfn.shared.label_config import Control, LabelConfig
+from lsfn.shared.protocol import Context
+from lsfn.shared.runtime.model import Spec
+from lsfn.shared.weights import WeightsError, content_hash, weights_file, weights_folder
 
 __all__ = ["DEFAULT_MODEL", "DinoSettings", "GroundingDinoSpec", "dino_version", "dino_weights", "model_folder", "output_box_control", "spec"]
 

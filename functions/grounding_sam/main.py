@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from functions.grounding_dino.detector import Detector
-from functions.grounding_sam.spec import GroundingSamSpec
-from functions.sam2.engine import Sam2Engine
-from functions.sam2.loading import load_sam2
-from functions.torch_device import pick_device
-from shared import results
-from shared.label_config import Control
-from shared.prompts import mask_control
-from shared.runtime import Batch, Model, Prediction, create_app, http_target, warmup_image
+from lsfn.functions.grounding_dino.detector import Detector
+from lsfn.functions.grounding_sam.spec import GroundingSamSpec
+from lsfn.functions.sam2.engine import Sam2Engine
+from lsfn.functions.sam2.loading import load_sam2
+from lsfn.functions.torch_device import pick_device
+from lsfn.shared import results
+from lsfn.shared.label_config import Control
+from lsfn.shared.prompts import mask_control
+from lsfn.shared.runtime import Batch, Model, Prediction, create_app, http_target, warmup_image
 
 # Boxes decoded together: all of an image's boxes in one call up to this many (each box repeats
 # the image's features in the decoder, so this bounds its memory).

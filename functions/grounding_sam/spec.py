@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from functions.grounding_dino.spec import DinoSettings, dino_version, dino_weights
-from functions.sam2.spec import Sam2Settings, sam2_checkpoint, sam2_version
-from shared.label_config import LabelConfig
-from shared.prompts import mask_control
-from shared.runtime.model import Spec
+from lsfn.functions.grounding_dino.spec import DinoSettings, dino_version, dino_weights
+from lsfn.functions.sam2.spec import Sam2Settings, sam2_checkpoint, sam2_version
+from lsfn.shared.label_config import LabelConfig
+from lsfn.shared.prompts import mask_control
+from lsfn.shared.runtime.model import Spec
 
 __all__ = ["GroundingSamSpec", "spec"]
 

@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from functions.sam2.engine import Embedding, Sam2Engine
-from shared.cache import SingleFlightLRU
-from shared.runtime.model import ImageSource
-from shared.runtime.telemetry import Telemetry
+from lsfn.functions.sam2.engine import Embedding, Sam2Engine
+from lsfn.shared.cache import SingleFlightLRU
+from lsfn.shared.runtime.model import ImageSource
+from lsfn.shared.runtime.telemetry import Telemetry
 
 __all__ = ["EmbeddingCache"]
 

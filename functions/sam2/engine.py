@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from functions.sam2.spec import SIZES
-from shared.weights import WeightsError
+from lsfn.functions.sam2.spec import SIZES
+from lsfn.shared.weights import WeightsError
 
 __all__ = ["SIZES", "Embedding", "Sam2Engine"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from functions.sam2.embeddings import EmbeddingCache
-from functions.sam2.engine import Sam2Engine
-from functions.sam2.spec import Sam2Settings, checkpoint_path
-from functions.torch_device import pick_device
+from lsfn.functions.sam2.embeddings import EmbeddingCache
+from lsfn.functions.sam2.engine import Sam2Engine
+from lsfn.functions.sam2.spec import Sam2Settings, checkpoint_path
+from lsfn.functions.torch_device import pick_device
 
 __all__ = ["load_sam2"]
 

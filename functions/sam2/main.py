@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from functions.sam2.engine import Embedding, Sam2Engine
-from functions.sam2.loading import load_sam2
-from functions.sam2.spec import Sam2Spec
-from functions.torch_device import pick_device
-from shared import results
-from shared.label_config import Control
-from shared.prompts import PROMPT_TYPES, mask_control, output_label, prompts_for
-from shared.protocol import Context
-from shared.runtime import Batch, Model, Prediction, create_app, http_target, warmup_image
+from lsfn.functions.sam2.engine import Embedding, Sam2Engine
+from lsfn.functions.sam2.loading import load_sam2
+from lsfn.functions.sam2.spec import Sam2Spec
+from lsfn.functions.torch_device import pick_device
+from lsfn.shared import results
+from lsfn.shared.label_config import Control
+from lsfn.shared.prompts import PROMPT_TYPES, mask_control, output_label, prompts_for
+from lsfn.shared.protocol import Context
+from lsfn.shared.runtime import Batch, Model, Prediction, create_app, http_target, warmup_image
 
 
 def _displayed_size(context: Context | None, object_name: str) -> tuple[int, int] | None:

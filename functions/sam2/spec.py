@@ -10,10 +10,10 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.label_config import LabelConfig
-from shared.prompts import mask_control
-from shared.runtime.model import Spec
-from shared.weights import WeightsError, content_hash, resolve_weights
+from lsfn.shared.label_config import LabelConfig
+from lsfn.shared.prompts import mask_control
+from lsfn.shared.runtime.model import Spec
+from lsfn.shared.weights import WeightsError, content_hash, resolve_weights
 
 __all__ = ["SIZES", "Sam2Settings", "Sam2Spec", "checkpoint_path", "sam2_checkpoint", "sam2_version", "spec"]
 

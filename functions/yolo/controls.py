@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from shared import coords, results
-from shared.label_config import Control, LabelConfig, LabelConfigError
-from shared.rle import mask_to_rle
+from lsfn.shared import coords, results
+from lsfn.shared.label_config import Control, LabelConfig, LabelConfigError
+from lsfn.shared.rle import mask_to_rle
 
 __all__ = ["DEFAULT_WEIGHTS", "Plan", "plan_controls", "regions", "tracker_config"]
 

@@ -23,16 +23,16 @@ os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.gettempdir())  # it adds "Ultr
 
 import numpy as np  # noqa: E402
 
-from functions.yolo.controls import Plan, regions, tracker_config  # noqa: E402
-from functions.torch_device import pick_device  # noqa: E402
-from functions.yolo.spec import YoloSpec  # noqa: E402
-from shared import coords, results  # noqa: E402
-from shared.images import FetchError  # noqa: E402
-from shared.protocol import TaskFailure  # noqa: E402
-from shared.runtime import Batch, Model, Prediction, TaskError, TaskInput, create_app, http_target, warmup_image  # noqa: E402
-from shared.runtime.logs import logger  # noqa: E402
-from shared.ssrf import ForbiddenURL  # noqa: E402
-from shared.weights import WeightsError, resolve_weights  # noqa: E402
+from lsfn.functions.yolo.controls import Plan, regions, tracker_config  # noqa: E402
+from lsfn.functions.torch_device import pick_device  # noqa: E402
+from lsfn.functions.yolo.spec import YoloSpec  # noqa: E402
+from lsfn.shared import coords, results  # noqa: E402
+from lsfn.shared.images import FetchError  # noqa: E402
+from lsfn.shared.protocol import TaskFailure  # noqa: E402
+from lsfn.shared.runtime import Batch, Model, Prediction, TaskError, TaskInput, create_app, http_target, warmup_image  # noqa: E402
+from lsfn.shared.runtime.logs import logger  # noqa: E402
+from lsfn.shared.ssrf import ForbiddenURL  # noqa: E402
+from lsfn.shared.weights import WeightsError, resolve_weights  # noqa: E402
 
 
 class YoloModel(YoloSpec, Model):

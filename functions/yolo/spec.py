@@ -10,10 +10,10 @@ from typing import Any
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from functions.yolo.controls import Plan, plan_controls
-from shared.label_config import LabelConfig
-from shared.runtime.model import Spec
-from shared.weights import content_hash, resolve_weights
+from lsfn.functions.yolo.controls import Plan, plan_controls
+from lsfn.shared.label_config import LabelConfig
+from lsfn.shared.runtime.model import Spec
+from lsfn.shared.weights import content_hash, resolve_weights
 
 __all__ = ["SHIPPED_WEIGHTS", "YoloSettings", "YoloSpec", "spec"]
 

@@ -1,7 +1,7 @@
 """The runtime every function is served by: the Model base class and the HTTP app around it."""
 
-from shared.runtime.app import Runtime, create_app, http_target
-from shared.runtime.errors import TaskError
-from shared.runtime.model import Batch, Model, Prediction, Spec, TaskInput, warmup_image
+from lsfn.shared.runtime.app import Runtime, create_app, http_target
+from lsfn.shared.runtime.errors import TaskError
+from lsfn.shared.runtime.model import Batch, Model, Prediction, Spec, TaskInput, warmup_image
 
 __all__ = ["Batch", "Model", "Prediction", "Runtime", "Spec", "TaskError", "TaskInput", "create_app", "http_target", "warmup_image"]

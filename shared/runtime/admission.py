@@ -14,7 +14,7 @@ import time
 
 from prometheus_client import Gauge
 
-from shared.runtime.errors import HTTPError
+from lsfn.shared.runtime.errors import HTTPError
 
 __all__ = ["Gate"]
 

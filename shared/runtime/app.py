@@ -15,17 +15,17 @@ from typing import Any
 import flask
 from werkzeug.wrappers import Request, Response
 
-from shared.protocol import WebhookEvent
-from shared.runtime.admission import Gate
-from shared.runtime.errors import HTTPError
-from shared.runtime.lifecycle import Loader, State
-from shared.runtime.logs import configure_logging, logger
-from shared.runtime.metrics import Metrics
-from shared.runtime.model import Model
-from shared.runtime.predict import Predictor
-from shared.runtime.service import Call, Service, flask_app, json_response, wsgi_app
-from shared.runtime.training import FitQueue
-from shared.settings import Settings, get_settings
+from lsfn.shared.protocol import WebhookEvent
+from lsfn.shared.runtime.admission import Gate
+from lsfn.shared.runtime.errors import HTTPError
+from lsfn.shared.runtime.lifecycle import Loader, State
+from lsfn.shared.runtime.logs import configure_logging, logger
+from lsfn.shared.runtime.metrics import Metrics
+from lsfn.shared.runtime.model import Model
+from lsfn.shared.runtime.predict import Predictor
+from lsfn.shared.runtime.service import Call, Service, flask_app, json_response, wsgi_app
+from lsfn.shared.runtime.training import FitQueue
+from lsfn.shared.settings import Settings, get_settings
 
 __all__ = ["Runtime", "create_app", "http_target", "wsgi_app"]
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from shared.runtime.logs import logger
+from lsfn.shared.runtime.logs import logger
 
 __all__ = ["BoundedWorker"]
 

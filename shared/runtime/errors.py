@@ -11,12 +11,12 @@ from collections.abc import Mapping
 
 from werkzeug.exceptions import HTTPException
 
-from shared.image_decode import ImageError, ImageTooLarge
-from shared.images import FetchError
-from shared.label_config import LabelConfigError
-from shared.protocol import ProtocolError
-from shared.ssrf import ForbiddenURL
-from shared.weights import WeightsError
+from lsfn.shared.image_decode import ImageError, ImageTooLarge
+from lsfn.shared.images import FetchError
+from lsfn.shared.label_config import LabelConfigError
+from lsfn.shared.protocol import ProtocolError
+from lsfn.shared.ssrf import ForbiddenURL
+from lsfn.shared.weights import WeightsError
 
 __all__ = ["HTTPError", "TaskError", "client_error"]
 

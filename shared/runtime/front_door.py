@@ -23,21 +23,21 @@ from typing import Any
 import flask
 from werkzeug.wrappers import Response
 
-from shared.label_config import LabelConfig
-from shared.protocol import WebhookEvent
-from shared.runtime.admission import Gate
-from shared.runtime.background import BoundedWorker
-from shared.runtime.errors import HTTPError
-from shared.runtime.logs import configure_logging, logger
-from shared.runtime.metrics import Metrics
-from shared.runtime.model import Spec
-from shared.runtime.predict import deadline_error, encode_results, error_item
-from shared.runtime.service import Call, Service, flask_app, json_response
-from shared.runtime.id_token import GoogleIdToken
-from shared.runtime.upstream import Answer, HttpUpstream, Unreachable, Upstream
-from shared.runtime.upstream_link import Status, UpstreamLink
-from shared.settings import Settings, get_settings
-from shared.weights import content_hash
+from lsfn.shared.label_config import LabelConfig
+from lsfn.shared.protocol import WebhookEvent
+from lsfn.shared.runtime.admission import Gate
+from lsfn.shared.runtime.background import BoundedWorker
+from lsfn.shared.runtime.errors import HTTPError
+from lsfn.shared.runtime.logs import configure_logging, logger
+from lsfn.shared.runtime.metrics import Metrics
+from lsfn.shared.runtime.model import Spec
+from lsfn.shared.runtime.predict import deadline_error, encode_results, error_item
+from lsfn.shared.runtime.service import Call, Service, flask_app, json_response
+from lsfn.shared.runtime.id_token import GoogleIdToken
+from lsfn.shared.runtime.upstream import Answer, HttpUpstream, Unreachable, Upstream
+from lsfn.shared.runtime.upstream_link import Status, UpstreamLink
+from lsfn.shared.settings import Settings, get_settings
+from lsfn.shared.weights import content_hash
 
 __all__ = ["FrontDoor", "create_front_door"]
 

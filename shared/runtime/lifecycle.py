@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
-from shared.runtime.logs import logger
+from lsfn.shared.runtime.logs import logger
 
 __all__ = ["Loader", "State"]
 

@@ -13,11 +13,11 @@ from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
-from shared.image_decode import DecodedImage
-from shared.label_config import LabelConfig
-from shared.protocol import Context, PredictRequest, Task, TaskFailure, WebhookEvent
-from shared.runtime.telemetry import Telemetry
-from shared.settings import Settings
+from lsfn.shared.image_decode import DecodedImage
+from lsfn.shared.label_config import LabelConfig
+from lsfn.shared.protocol import Context, PredictRequest, Task, TaskFailure, WebhookEvent
+from lsfn.shared.runtime.telemetry import Telemetry
+from lsfn.shared.settings import Settings
 
 __all__ = ["WARMUP_SIZE", "Batch", "ImageSource", "Model", "Prediction", "Spec", "TaskInput", "warmup_image"]
 

@@ -18,17 +18,17 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from shared.image_decode import DecodedImage, decode_image
-from shared.images import ImageFetcher
-from shared.label_config import LabelConfig, LabelConfigError, ObjectTag
-from shared.protocol import PredictRequest, ProtocolError, Task, TaskFailure, predict_response
-from shared.runtime.errors import HTTPError, client_error
-from shared.runtime.logs import logger
-from shared.runtime.metrics import Metrics
-from shared.runtime.model import Batch, ImageSource, Model, Prediction, TaskInput
-from shared.runtime.telemetry import Telemetry, Timing
-from shared.settings import Settings
-from shared.weights import WeightsError
+from lsfn.shared.image_decode import DecodedImage, decode_image
+from lsfn.shared.images import ImageFetcher
+from lsfn.shared.label_config import LabelConfig, LabelConfigError, ObjectTag
+from lsfn.shared.protocol import PredictRequest, ProtocolError, Task, TaskFailure, predict_response
+from lsfn.shared.runtime.errors import HTTPError, client_error
+from lsfn.shared.runtime.logs import logger
+from lsfn.shared.runtime.metrics import Metrics
+from lsfn.shared.runtime.model import Batch, ImageSource, Model, Prediction, TaskInput
+from lsfn.shared.runtime.telemetry import Telemetry, Timing
+from lsfn.shared.settings import Settings
+from lsfn.shared.weights import WeightsError
 
 __all__ = ["CHUNK_TASKS", "Predictor", "deadline_error", "encode_results", "error_item"]
 

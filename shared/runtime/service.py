@@ -24,14 +24,14 @@ import flask
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
-from shared.label_config import LabelConfig, parse_label_config
-from shared.protocol import PredictRequest, WebhookEvent, parse_predict, parse_setup, parse_webhook
-from shared.runtime.errors import HTTPError, client_error
-from shared.runtime.logs import logger
-from shared.runtime.metrics import Metrics
-from shared.runtime.model import Spec
-from shared.runtime.telemetry import Timing
-from shared.settings import Settings
+from lsfn.shared.label_config import LabelConfig, parse_label_config
+from lsfn.shared.protocol import PredictRequest, WebhookEvent, parse_predict, parse_setup, parse_webhook
+from lsfn.shared.runtime.errors import HTTPError, client_error
+from lsfn.shared.runtime.logs import logger
+from lsfn.shared.runtime.metrics import Metrics
+from lsfn.shared.runtime.model import Spec
+from lsfn.shared.runtime.telemetry import Timing
+from lsfn.shared.settings import Settings
 
 __all__ = ["ACTIONS", "DEADLINE_HEADER", "WEBHOOK_SECRET_HEADER", "Call", "Route", "Service", "flask_app", "json_response", "wsgi_app"]
 

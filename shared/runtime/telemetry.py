@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-from shared.runtime.metrics import Metrics
+from lsfn.shared.runtime.metrics import Metrics
 
 __all__ = ["Telemetry", "Timing"]
 

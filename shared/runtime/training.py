@@ -8,12 +8,12 @@ flood is refused, not buffered.
 
 from __future__ import annotations
 
-from shared.protocol import WebhookEvent
-from shared.runtime.background import BoundedWorker
-from shared.runtime.lifecycle import Loader, State
-from shared.runtime.logs import logger
-from shared.runtime.metrics import Metrics
-from shared.runtime.model import Model
+from lsfn.shared.protocol import WebhookEvent
+from lsfn.shared.runtime.background import BoundedWorker
+from lsfn.shared.runtime.lifecycle import Loader, State
+from lsfn.shared.runtime.logs import logger
+from lsfn.shared.runtime.metrics import Metrics
+from lsfn.shared.runtime.model import Model
 
 __all__ = ["FitQueue"]
 

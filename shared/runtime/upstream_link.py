@@ -22,11 +22,11 @@ from enum import Enum
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import Enum as EnumMetric
 
-from shared.runtime.logs import logger
-from shared.runtime.metrics import LATENCY_BUCKETS
-from shared.runtime.service import DEADLINE_HEADER
-from shared.runtime.upstream import Answer, Unreachable, Upstream
-from shared.settings import Settings
+from lsfn.shared.runtime.logs import logger
+from lsfn.shared.runtime.metrics import LATENCY_BUCKETS
+from lsfn.shared.runtime.service import DEADLINE_HEADER
+from lsfn.shared.runtime.upstream import Answer, Unreachable, Upstream
+from lsfn.shared.settings import Settings
 
 __all__ = ["RETURN_MARGIN", "WAKE_INTERVAL", "Status", "UpstreamLink", "config_key"]
 

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared import coords, results
-from shared.label_config import LabelConfig
-from shared.protocol import WebhookEvent
-from shared.runtime import Batch, Model, Prediction, create_app, http_target
+from lsfn.shared import coords, results
+from lsfn.shared.label_config import LabelConfig
+from lsfn.shared.protocol import WebhookEvent
+from lsfn.shared.runtime import Batch, Model, Prediction, create_app, http_target
 
 
 class BrightModel(Model):
