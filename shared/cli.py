@@ -13,17 +13,25 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lsfn.shared.runtime.app import Runtime
-    from lsfn.shared.runtime.model import Spec
+    from lsfn.shared.runtime.model import Model, Spec
 
-__all__ = ["function_runtime", "main", "resolve_function", "resolve_spec"]
+__all__ = ["function_runtime", "main", "model_class", "resolve_function", "resolve_spec", "split_target"]
 
 TARGET = "handler"  # the functions-framework target every function module defines
 
 
+def split_target(name: str) -> tuple[str, str | None]:
+    """``path/to/main.py:MyModel`` as (the function, the Model class's name)."""
+    function, sep, class_name = name.rpartition(":")
+    if sep and class_name.isidentifier() and function:
+        return function, class_name
+    return name, None
+
+
 def resolve_function(name: str) -> Path:
     """The module file of a function: a folder name under functions/ (``yolo``), a folder holding
-    main.py, or the path of a module."""
-    path = Path(name)
+    main.py, or the path of a module (a ``:Class`` after it names its Model class)."""
+    path = Path(split_target(name)[0])
     candidates = [path] if path.suffix == ".py" else [path / "main.py", Path(__file__).parent.parent / "functions" / name / "main.py"]
     for candidate in candidates:
         if candidate.is_file():
@@ -58,16 +66,35 @@ def resolve_spec(function: str) -> type[Spec]:
     source = resolve_function(function)
     sys.path[:0] = [str(source.parent)]
     spec_file = source.parent / "spec.py"
-    if spec_file.is_file():
+    if split_target(function)[1] is None and spec_file.is_file():
         spec = getattr(_load_module(spec_file, "lsfn_function_spec"), "spec", None)
         if not (isinstance(spec, type) and issubclass(spec, Spec)):
             raise SystemExit(f"lsfn: {spec_file} must define `spec`, a subclass of shared.runtime.Spec")
         return spec
-    target = getattr(_load_module(source, "lsfn_function_main"), TARGET, None)
-    runtime = getattr(target, "runtime", None)
-    if runtime is None:
-        raise SystemExit(f"lsfn: {source} defines no {TARGET!r} made by shared.runtime.http_target")
-    return type(runtime.model)
+    return model_class(function)
+
+
+def model_class(function: str) -> type[Model]:
+    """The Model class a function serves: the one ``:Class`` names, else the class behind the
+    module's ``handler``, else the one Model subclass the module defines."""
+    from lsfn.shared.runtime.model import Model
+
+    source = resolve_function(function)
+    class_name = split_target(function)[1]
+    sys.path[:0] = [str(source.parent)]
+    module = _load_module(source, "lsfn_function_main")
+    if class_name is not None:
+        found = getattr(module, class_name, None)
+        if not (isinstance(found, type) and issubclass(found, Model)):
+            raise SystemExit(f"lsfn: {source} defines no Model subclass {class_name!r}")
+        return found
+    runtime = getattr(getattr(module, TARGET, None), "runtime", None)
+    if runtime is not None:
+        return type(runtime.model)
+    own = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Model) and v.__module__ == module.__name__]
+    if len(own) != 1:
+        raise SystemExit(f"lsfn: {source} defines {len(own)} Model subclasses: name one ({source}:ClassName)")
+    return own[0]
 
 
 def function_runtime(function: str) -> Runtime:
@@ -77,13 +104,7 @@ def function_runtime(function: str) -> Runtime:
     from lsfn.shared.runtime.app import Runtime
     from lsfn.shared.settings import in_process_settings
 
-    source = resolve_function(function)
-    sys.path[:0] = [str(source.parent)]
-    target = getattr(_load_module(source, "lsfn_function_main"), TARGET, None)
-    runtime = getattr(target, "runtime", None)
-    if runtime is None:
-        raise SystemExit(f"lsfn: {source} defines no {TARGET!r} made by shared.runtime.http_target")
-    return Runtime(type(runtime.model), in_process_settings())
+    return Runtime(model_class(function), in_process_settings())
 
 
 def serve(function: str, host: str, port: int, upstream: str | None = None) -> None:
@@ -104,15 +125,20 @@ def serve(function: str, host: str, port: int, upstream: str | None = None) -> N
         source = resolve_function(function)
         # The function's own directory and the checkout must be importable, as under Cloud Run.
         sys.path[:0] = [str(source.parent)]
-        import functions_framework
+        if split_target(function)[1] is None and f"\n{TARGET} = " in source.read_text():
+            import functions_framework
 
-        # The module is loaded as `functions-framework --target handler` loads it; the server is
-        # functions-framework's gunicorn set-up, given the function's own WSGI app, which routes
-        # every path itself (functions-framework's per-request wrapper would only add latency).
-        target = functions_framework.create_app(TARGET, str(source), "http").view_functions["run"]
+            # The module is loaded as `functions-framework --target handler` loads it; the server
+            # is functions-framework's gunicorn set-up, given the function's own WSGI app, which
+            # routes every path itself (its per-request wrapper would only add latency).
+            target = functions_framework.create_app(TARGET, str(source), "http").view_functions["run"]
+        else:  # a module with only its Model class: the runtime makes the app
+            from lsfn.shared.runtime.app import create_app, http_target
+
+            target = http_target(create_app(model_class(function)))
         service, app = getattr(target, "runtime", None), getattr(target, "app", None)
         if service is None or app is None:
-            raise SystemExit(f"lsfn: {source} defines no {TARGET!r} made by shared.runtime.http_target")
+            raise SystemExit(f"lsfn: {source} defines no {TARGET!r} made by lsfn.http_target")
         settings = service.settings
         # Predictions are bounded by MAX_CONCURRENT_PREDICTIONS and two ADMIT_QUEUEs (batches
         # wait for a batch slot, then for a slot); the other threads keep /health, /setup and
@@ -169,10 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     add_cloudrun(targets)
     add_modal(targets)
     from lsfn.deploy.prelabel_cli import add_parser as add_prelabel
+    from lsfn.deploy.create import add_parser as add_create
     from lsfn.deploy.try_cli import add_parser as add_try
 
     add_prelabel(commands)
     add_try(commands)
+    add_create(commands)
     connect_cmd = commands.add_parser("connect", help="connect a function to a Label Studio project")
     connect_cmd.add_argument("url", help="the function's URL, as Label Studio reaches it")
     connect_cmd.add_argument("--project", type=int, required=True, help="the Label Studio project id")
@@ -212,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "connect":
         return _connect(args)
+    if args.command == "create":
+        from lsfn.deploy.create import run as create_function
+
+        return create_function(args)
     if args.command == "try":
         from lsfn.deploy.try_cli import run as try_function
 
