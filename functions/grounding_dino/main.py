@@ -26,7 +26,7 @@ class GroundingDinoModel(GroundingDinoSpec, Model):
 
     def setup(self) -> None:
         self.detector.load(pick_device(self.settings.device))
-        self.model_version = self.version_for(None)  # type: ignore[misc]
+        self.model_version = self.version_for(None)
 
     def move_to(self, device: str) -> bool:
         assert self.detector.engine is not None

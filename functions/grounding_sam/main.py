@@ -39,7 +39,7 @@ class GroundingSamModel(GroundingSamSpec, Model):
         device = pick_device(self.settings.device)
         self.detector.load(device)
         self.sam, self.cache = load_sam2(self.settings.model_root, device, self.sam_options)
-        self.model_version = self.version_for(None)  # type: ignore[misc]
+        self.model_version = self.version_for(None)
 
     def move_to(self, device: str) -> bool:
         assert self.detector.engine is not None and self.sam is not None

@@ -41,7 +41,7 @@ class Sam2Model(Sam2Spec, Model):
     def setup(self) -> None:
         self.engine, self.cache = load_sam2(self.settings.model_root, self.settings.device, self.options)
         # The weights a prediction came from, as /health reports it.
-        self.model_version = self.version_for(None)  # type: ignore[misc]
+        self.model_version = self.version_for(None)
 
     def move_to(self, device: str) -> bool:
         assert self.engine is not None

@@ -99,8 +99,9 @@ class Spec:
     weights file's hash is fine, it is computed once)."""
 
     #: Reported by /setup and added to predictions that carry none (Label Studio skips tasks
-    #: that already hold a prediction of this version).
-    model_version: ClassVar[str] = "0.0.1"
+    #: that already hold a prediction of this version). A class default an instance may set
+    #: (the weights it loaded name their version).
+    model_version: str = "0.0.1"
     #: Whether webhook events go to ``fit``.
     trains: ClassVar[bool] = False
 
