@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lsfn.deploy.label_studio import LabelStudio, LabelStudioError
+from lsfn.shared.headers import WEBHOOK_SECRET_HEADER
 
 # What a refused or unreachable Label Studio raises here (the client's error, by its old name).
 ConnectError = LabelStudioError
 
 __all__ = ["ConnectError", "Connection", "LabelStudio", "connect", "connect_and_report"]
 
-WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 _STATES = {"CO": "connected", "DI": "disconnected", "ER": "error", "TR": "training", "PR": "predicting"}
 
 

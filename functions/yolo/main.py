@@ -29,7 +29,7 @@ from lsfn.functions.yolo.spec import YoloSpec  # noqa: E402
 from lsfn.shared import coords, results  # noqa: E402
 from lsfn.shared.images import FetchError  # noqa: E402
 from lsfn.shared.protocol import TaskFailure  # noqa: E402
-from lsfn.shared.runtime import Batch, Model, Prediction, TaskError, TaskInput, create_app, http_target, warmup_image  # noqa: E402
+from lsfn.shared.runtime import Batch, Model, Prediction, TaskError, TaskInput, create_app, http_target, task_value, warmup_image  # noqa: E402
 from lsfn.shared.runtime.logs import logger  # noqa: E402
 from lsfn.shared.ssrf import ForbiddenURL  # noqa: E402
 from lsfn.shared.weights import WeightsError, resolve_weights  # noqa: E402
@@ -168,10 +168,7 @@ class YoloModel(YoloSpec, Model):
         """Detect and track through a video read frame by frame from a temporary file."""
         import cv2
 
-        key = plan.control.object.value_key or ""
-        value = task.task.data.get(key)
-        if not isinstance(value, str) or not value:
-            raise TaskError(f"task {task.id}: data has no {key!r} video")
+        value = task_value(task.task, plan.control.object)
         model, lock = served
         names = {int(k): str(v) for k, v in model.names.items()}
         label_map = plan.labels_control.label_map(names.values()) if plan.labels_control else {}

@@ -2,6 +2,6 @@
 
 from lsfn.shared.runtime.app import Runtime, create_app, http_target
 from lsfn.shared.runtime.errors import TaskError
-from lsfn.shared.runtime.model import Batch, Model, Prediction, Spec, TaskInput, warmup_image
+from lsfn.shared.runtime.model import Batch, Model, Prediction, Spec, TaskInput, task_value, warmup_image
 
-__all__ = ["Batch", "Model", "Prediction", "Runtime", "Spec", "TaskError", "TaskInput", "create_app", "http_target", "warmup_image"]
+__all__ = ["Batch", "Model", "Prediction", "Runtime", "Spec", "TaskError", "TaskInput", "create_app", "http_target", "task_value", "warmup_image"]

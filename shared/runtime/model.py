@@ -14,16 +14,29 @@ from typing import Any, BinaryIO, ClassVar
 import numpy as np
 
 from lsfn.shared.image_decode import DecodedImage
-from lsfn.shared.label_config import LabelConfig
+from lsfn.shared.label_config import LabelConfig, ObjectTag
 from lsfn.shared.protocol import Context, PredictRequest, Task, TaskFailure, WebhookEvent
 from lsfn.shared.runtime.telemetry import Telemetry
 from lsfn.shared.settings import Settings
 
-__all__ = ["WARMUP_SIZE", "Batch", "ImageSource", "Model", "Prediction", "Spec", "TaskInput", "warmup_image"]
+__all__ = ["WARMUP_SIZE", "Batch", "ImageSource", "Model", "Prediction", "Spec", "TaskInput", "task_value", "warmup_image"]
 
 # One task's answer: a prediction (shared.results.prediction), several predictions (Label Studio
 # stores each), or a TaskFailure for that task alone.
 Prediction = dict[str, Any] | list[dict[str, Any]] | TaskFailure
+
+
+def task_value(task: Task, obj: ObjectTag) -> str:
+    """The task data an object points at (``<Image name="image" value="$image">``: data.image);
+    a task without it is a TaskError naming the field (that task fails alone)."""
+    from lsfn.shared.runtime.errors import TaskError
+
+    key = obj.value_key or ""
+    value = task.data.get(key)
+    if not isinstance(value, str) or not value:
+        problem = "has no" if value is None else "has a non-text"
+        raise TaskError(f"task {task.id}: data {problem} {key!r} field (<{obj.tag} name={obj.name!r} value=${key}>)")
+    return value
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from lsfn.shared.image_decode import DecodedImage, decode_image
 from lsfn.shared.images import ImageFetcher
 from lsfn.shared.label_config import LabelConfig, LabelConfigError, ObjectTag
 from lsfn.shared.protocol import PredictRequest, ProtocolError, Task, TaskFailure, predict_response
-from lsfn.shared.runtime.errors import HTTPError, client_error
+from lsfn.shared.runtime.errors import HTTPError, TaskError, client_error
 from lsfn.shared.runtime.logs import logger
 from lsfn.shared.runtime.metrics import Metrics
-from lsfn.shared.runtime.model import Batch, ImageSource, Model, Prediction, TaskInput
+from lsfn.shared.runtime.model import Batch, ImageSource, Model, Prediction, TaskInput, task_value
 from lsfn.shared.runtime.telemetry import Telemetry, Timing
 from lsfn.shared.settings import Settings
 from lsfn.shared.weights import WeightsError
@@ -92,13 +92,11 @@ def deadline_error(budget: float) -> HTTPError:
 
 
 def _task_value(task: Task, obj: ObjectTag) -> str:
-    """The task data an object points at (``<Image name="image" value="$image">``: data.image)."""
-    key = obj.value_key or ""
-    value = task.data.get(key)
-    if not isinstance(value, str) or not value:
-        problem = "has no" if value is None else "has a non-text"
-        raise HTTPError(422, "invalid task", f"task {task.id}: data {problem} {key!r} field (<{obj.tag} name={obj.name!r} value=${key}>)")
-    return value
+    """``task_value``, its TaskError as the 422 answered for that task."""
+    try:
+        return task_value(task, obj)
+    except TaskError as exc:
+        raise HTTPError(422, "invalid task", str(exc)) from None
 
 
 def _credentials(request: PredictRequest) -> tuple[str, str] | None:

@@ -24,6 +24,7 @@ import flask
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
+from lsfn.shared.headers import DEADLINE_HEADER, WEBHOOK_SECRET_HEADER
 from lsfn.shared.label_config import LabelConfig, parse_label_config
 from lsfn.shared.protocol import PredictRequest, WebhookEvent, parse_predict, parse_setup, parse_webhook
 from lsfn.shared.runtime.errors import HTTPError, client_error
@@ -35,7 +36,6 @@ from lsfn.shared.settings import Settings
 
 __all__ = ["ACTIONS", "DEADLINE_HEADER", "WEBHOOK_SECRET_HEADER", "Call", "Route", "Service", "flask_app", "json_response", "wsgi_app"]
 
-WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
 _WWW_AUTHENTICATE = 'Basic realm="lsfn", charset="UTF-8"'
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Parsing JSON takes about twenty times the body in memory: bodies above this size are parsed
@@ -44,8 +44,6 @@ _LARGE_BODY = 1 << 20
 _LARGE_BODIES_AT_ONCE = 2
 _DRAIN_BYTES = 64 << 20  # how much of an oversized body is read and dropped before the 413
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# The seconds a caller (the front door) leaves for a /predict; only ever shortens PREDICT_DEADLINE.
-DEADLINE_HEADER = "X-Predict-Deadline"
 # Events Label Studio sends (PROTOCOL.md §5): anything else is counted as "other" so a client
 # cannot grow the metric's label set.
 ACTIONS = frozenset(
