@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DeviceError", "cuda_unasked", "gpu_attached", "nvidia_driver", "pick_device"]
+from lsfn.shared.runtime.model import Model
+
+__all__ = ["DeviceError", "TorchModel", "cuda_unasked", "gpu_attached", "nvidia_driver", "pick_device"]
 
 # The kernel module's version file: present where the NVIDIA driver is loaded, also inside any
 # container on such a host, GPU or not.
@@ -108,3 +110,21 @@ def cuda_unasked() -> Iterator[None]:
         yield
     finally:
         torch.cuda.is_available, torch.cuda.device_count = saved
+
+
+class TorchModel(Model):
+    """A Model whose weights run on a torch device. ``device`` is DEVICE resolved once, when
+    ``setup`` first asks for it (a DeviceError then fails the load, which /health reports);
+    ``use_device`` resolves another setting, for ``move_to`` after a memory snapshot."""
+
+    _device: str | None = None
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = pick_device(self.settings.device)
+        return self._device
+
+    def use_device(self, setting: str) -> str:
+        self._device = pick_device(setting)
+        return self._device

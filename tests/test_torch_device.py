@@ -89,3 +89,19 @@ def test_the_cpu_is_picked_without_asking_cuda(monkeypatch: pytest.MonkeyPatch) 
     assert pick_device("cpu") == "cpu"
     with pytest.raises(AssertionError, match="CUDA was asked"):
         pick_device("auto")
+
+
+def test_a_torch_model_resolves_device_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lsfn.functions.torch_device import TorchModel
+    from lsfn.shared.settings import Settings
+
+    asked: list[str] = []
+
+    def pick(setting: str) -> str:
+        asked.append(setting)
+        return "cpu"
+
+    monkeypatch.setattr(torch_device, "pick_device", pick)
+    model = TorchModel(Settings(DEVICE="auto"))
+    assert model.device == "cpu" and model.device == "cpu" and asked == ["auto"]  # once
+    assert model.use_device("cuda") == "cpu" and asked == ["auto", "cuda"]  # a move resolves the new setting

@@ -14,23 +14,23 @@ from typing import Any
 
 from lsfn.functions.grounding_dino.detector import Detector
 from lsfn.functions.grounding_dino.spec import GroundingDinoSpec, output_box_control
-from lsfn.functions.torch_device import pick_device
+from lsfn.functions.torch_device import TorchModel
 from lsfn.shared import coords, results
-from lsfn.shared.runtime import Batch, Model, Prediction, create_app, http_target, warmup_image
+from lsfn.shared.runtime import Batch, Prediction, create_app, http_target, warmup_image
 
 
-class GroundingDinoModel(GroundingDinoSpec, Model):
+class GroundingDinoModel(GroundingDinoSpec, TorchModel):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.detector = Detector(settings)
 
     def setup(self) -> None:
-        self.detector.load(pick_device(self.settings.device))
+        self.detector.load(self.device)
         self.model_version = self.version_for(None)
 
     def move_to(self, device: str) -> bool:
         assert self.detector.engine is not None
-        self.detector.move_to(pick_device(device))
+        self.detector.move_to(self.use_device(device))
         return True
 
     def warmup(self) -> None:

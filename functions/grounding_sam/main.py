@@ -18,32 +18,32 @@ from lsfn.functions.grounding_dino.detector import Detector
 from lsfn.functions.grounding_sam.spec import GroundingSamSpec
 from lsfn.functions.sam2.engine import Sam2Engine
 from lsfn.functions.sam2.loading import load_sam2
-from lsfn.functions.torch_device import pick_device
+from lsfn.functions.torch_device import TorchModel
 from lsfn.shared import results
 from lsfn.shared.label_config import Control
 from lsfn.shared.prompts import mask_control
-from lsfn.shared.runtime import Batch, Model, Prediction, create_app, http_target, warmup_image
+from lsfn.shared.runtime import Batch, Prediction, create_app, http_target, warmup_image
 
 # Boxes decoded together: all of an image's boxes in one call up to this many (each box repeats
 # the image's features in the decoder, so this bounds its memory).
 BOXES_PER_CALL = 32
 
 
-class GroundingSamModel(GroundingSamSpec, Model):
+class GroundingSamModel(GroundingSamSpec, TorchModel):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self.detector = Detector(settings)
         self.sam: Sam2Engine | None = None
 
     def setup(self) -> None:
-        device = pick_device(self.settings.device)
+        device = self.device
         self.detector.load(device)
         self.sam, self.cache = load_sam2(self.settings.model_root, device, self.sam_options)
         self.model_version = self.version_for(None)
 
     def move_to(self, device: str) -> bool:
         assert self.detector.engine is not None and self.sam is not None
-        target = pick_device(device)
+        target = self.use_device(device)
         self.detector.move_to(target)
         self.sam.to(target)
         return True

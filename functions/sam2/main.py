@@ -14,12 +14,12 @@ from typing import Any
 from lsfn.functions.sam2.engine import Embedding, Sam2Engine
 from lsfn.functions.sam2.loading import load_sam2
 from lsfn.functions.sam2.spec import Sam2Spec
-from lsfn.functions.torch_device import pick_device
+from lsfn.functions.torch_device import TorchModel
 from lsfn.shared import results
 from lsfn.shared.label_config import Control
 from lsfn.shared.prompts import PROMPT_TYPES, mask_control, output_label, prompts_for
 from lsfn.shared.protocol import Context
-from lsfn.shared.runtime import Batch, Model, Prediction, create_app, http_target, warmup_image
+from lsfn.shared.runtime import Batch, Prediction, create_app, http_target, warmup_image
 
 
 def _displayed_size(context: Context | None, object_name: str) -> tuple[int, int] | None:
@@ -30,7 +30,7 @@ def _displayed_size(context: Context | None, object_name: str) -> tuple[int, int
     return None
 
 
-class Sam2Model(Sam2Spec, Model):
+class Sam2Model(Sam2Spec, TorchModel):
     # Images are fetched here, not by the runtime: a follow-up click must not fetch at all.
     fetch_objects = frozenset()
 
@@ -39,13 +39,13 @@ class Sam2Model(Sam2Spec, Model):
         self.engine: Sam2Engine | None = None
 
     def setup(self) -> None:
-        self.engine, self.cache = load_sam2(self.settings.model_root, self.settings.device, self.options)
+        self.engine, self.cache = load_sam2(self.settings.model_root, self.device, self.options)
         # The weights a prediction came from, as /health reports it.
         self.model_version = self.version_for(None)
 
     def move_to(self, device: str) -> bool:
         assert self.engine is not None
-        self.engine.to(pick_device(device))
+        self.engine.to(self.use_device(device))
         return True
 
     def warmup(self) -> None:

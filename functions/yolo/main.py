@@ -24,18 +24,18 @@ os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.gettempdir())  # it adds "Ultr
 import numpy as np  # noqa: E402
 
 from lsfn.functions.yolo.controls import Plan, regions, tracker_config  # noqa: E402
-from lsfn.functions.torch_device import pick_device  # noqa: E402
+from lsfn.functions.torch_device import TorchModel  # noqa: E402
 from lsfn.functions.yolo.spec import YoloSpec  # noqa: E402
 from lsfn.shared import coords, results  # noqa: E402
 from lsfn.shared.images import FetchError  # noqa: E402
 from lsfn.shared.protocol import TaskFailure  # noqa: E402
-from lsfn.shared.runtime import Batch, Model, Prediction, TaskError, TaskInput, create_app, http_target, task_value, warmup_image  # noqa: E402
+from lsfn.shared.runtime import Batch, Prediction, TaskError, TaskInput, create_app, http_target, task_value, warmup_image  # noqa: E402
 from lsfn.shared.runtime.logs import logger  # noqa: E402
 from lsfn.shared.ssrf import ForbiddenURL  # noqa: E402
 from lsfn.shared.weights import WeightsError, resolve_weights  # noqa: E402
 
 
-class YoloModel(YoloSpec, Model):
+class YoloModel(YoloSpec, TorchModel):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         self._models: OrderedDict[Path, tuple[Any, threading.Lock]] = OrderedDict()
@@ -53,7 +53,7 @@ class YoloModel(YoloSpec, Model):
         # are decoded by shared.image_decode, which answers an unreadable one with a 422).
         Image.open = pillow_open
         self._yolo = YOLO
-        self.device = pick_device(self.settings.device)
+        self.use_device(self.settings.device)  # now: a DEVICE this torch cannot use fails the load
         # Load the weights shipped in the image now, so the first request does not wait for them.
         # One unloadable file must not take the function down: a request naming it gets a 422.
         for path in self.weight_files(None):
@@ -64,7 +64,7 @@ class YoloModel(YoloSpec, Model):
 
     def move_to(self, device: str) -> bool:
         # ultralytics places a model on the device each predict call names.
-        self.device = pick_device(device)
+        self.use_device(device)
         return True
 
     def warmup(self) -> None:
