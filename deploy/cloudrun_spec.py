@@ -206,6 +206,15 @@ def _env(plain: dict[str, str], secrets: dict[str, str]) -> list[Any]:
     return env
 
 
+def _gpu_env(spec: DeploySpec) -> list[Any]:
+    """The variables of a container running the function with its model (the GPU service, the
+    pre-annotation job): all secrets but those only the front door checks."""
+    plain = {**spec.env, "LSFN_FUNCTION": spec.function}
+    if spec.label_studio_url:
+        plain["LABEL_STUDIO_URL"] = spec.label_studio_url
+    return _env(plain, {name: ref for name, ref in spec.secrets.items() if name not in FRONT_DOOR_SECRETS})
+
+
 def _startup_probe() -> Any:
     from google.cloud import run_v2
 
@@ -218,15 +227,11 @@ def gpu_service(spec: DeploySpec) -> Any:
     from google.cloud import run_v2
     from google.protobuf import duration_pb2
 
-    plain = {**spec.env, "LSFN_FUNCTION": spec.function}
-    if spec.label_studio_url:
-        plain["LABEL_STUDIO_URL"] = spec.label_studio_url
-    secrets = {name: ref for name, ref in spec.secrets.items() if name not in FRONT_DOOR_SECRETS}
     container = run_v2.Container(
         name="function",
         image=spec.image,
         ports=[run_v2.ContainerPort(container_port=PORT)],
-        env=_env(plain, secrets),
+        env=_gpu_env(spec),
         resources=run_v2.ResourceRequirements(
             limits={"cpu": str(spec.gpu_cpu), "memory": f"{spec.gpu_memory_gib}Gi", "nvidia.com/gpu": "1"},
             cpu_idle=False,
@@ -307,15 +312,11 @@ def prelabel_job(spec: DeploySpec, workers: int) -> Any:
     from google.cloud import run_v2
     from google.protobuf import duration_pb2
 
-    plain = {**spec.env, "LSFN_FUNCTION": spec.function}
-    if spec.label_studio_url:
-        plain["LABEL_STUDIO_URL"] = spec.label_studio_url
-    secrets = {name: ref for name, ref in spec.secrets.items() if name not in FRONT_DOOR_SECRETS}
     container = run_v2.Container(
         name="prelabel",
         image=spec.image,
         command=["lsfn", "prelabel"],
-        env=_env(plain, secrets),
+        env=_gpu_env(spec),
         resources=run_v2.ResourceRequirements(
             limits={"cpu": str(spec.gpu_cpu), "memory": f"{spec.gpu_memory_gib}Gi", "nvidia.com/gpu": "1"}
         ),

@@ -99,12 +99,18 @@ def test_label_studio_uses_the_deployed_pair(label_studio_server: LabelStudioSer
     # Everything the front door sent carried its token: nothing was refused.
     assert gpu.starts == 1 and [f.status for f in gpu.forwarded[refused_calls:] if f.path == "/predict"] == [200]
 
+    assert_click_boxed(label_studio, project, tasks[0])
+
+
+def assert_click_boxed(label_studio: LabelStudioServer, project: int, task: dict[str, Any]) -> None:
+    """An annotator's click on a 160 x 120 task of the RECT project, through Label Studio's
+    interactive pre-annotation, answered with a box (the function behind a front door)."""
     backend = ml_backend(label_studio, project)
     click = {"result": [{"original_width": 160, "original_height": 120, "image_rotation": 0,
                          "value": {"x": 50.0, "y": 50.0, "width": 0.6, "keypointlabels": ["Box"]},
                          "is_positive": True, "id": "kp1", "from_name": "label", "to_name": "image",
                          "type": "keypointlabels", "origin": "manual"}]}  # fmt: skip
-    response = label_studio.api("POST", f"/api/ml/{backend['id']}/interactive-annotating", {"task": tasks[0]["id"], "context": click})
+    response = label_studio.api("POST", f"/api/ml/{backend['id']}/interactive-annotating", {"task": task["id"], "context": click})
     assert response.status == 200, response.data
     answer = response.json()
     assert "errors" not in answer and answer["data"]["result"][0]["type"] == "rectanglelabels", answer

@@ -29,7 +29,8 @@ from tests.conftest import MODAL_CONFIG
 from tests.label_studio import LEGACY_TOKEN, LabelStudioServer
 from tests.servers import free_port, stop_group
 from tests.serving import Function, call, network_attempts, network_guard, wait_listening
-from tests.test_e2e import lsfn_connect, make_project, ml_backend, retrieve_predictions, stored, tasks_by_image
+from tests.test_cloudrun_local import assert_click_boxed
+from tests.test_e2e import lsfn_connect, make_project, retrieve_predictions, stored, tasks_by_image
 from tests.test_yolo_http import RECT, held_out
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -375,15 +376,7 @@ def test_label_studio_uses_the_modal_front_door(label_studio_server: LabelStudio
         (prediction,) = stored(label_studio, task)
         assert prediction["result"] and prediction["model_version"].startswith("yolo-")
 
-    backend = ml_backend(label_studio, project)
-    click = {"result": [{"original_width": 160, "original_height": 120, "image_rotation": 0,
-                         "value": {"x": 50.0, "y": 50.0, "width": 0.6, "keypointlabels": ["Box"]},
-                         "is_positive": True, "id": "kp1", "from_name": "label", "to_name": "image",
-                         "type": "keypointlabels", "origin": "manual"}]}  # fmt: skip
-    response = label_studio.api("POST", f"/api/ml/{backend['id']}/interactive-annotating", {"task": tasks[0]["id"], "context": click})
-    assert response.status == 200, response.data
-    answer = response.json()
-    assert "errors" not in answer and answer["data"]["result"][0]["type"] == "rectanglelabels", answer
+    assert_click_boxed(label_studio, project, tasks[0])
 
 
 @pytest.mark.parametrize(
