@@ -9,7 +9,8 @@ import os
 import sys
 from typing import Any
 
-from lsfn.deploy.cloudrun_spec import FUNCTIONS, GPUS, DeployError, DeploySpec, service_name
+from lsfn.deploy.cloudrun_spec import GPUS, DeployError, DeploySpec, service_name
+from lsfn.deploy.function_ref import FUNCTION_HELP, function_ref
 
 __all__ = ["add_parser", "client", "name_value", "run", "spec_from"]
 
@@ -27,7 +28,7 @@ def name_value(text: str) -> tuple[str, str]:
 def add_parser(commands: Any) -> None:
     """Add `cloudrun` to the `lsfn deploy` subcommands."""
     cmd = commands.add_parser("cloudrun", help="deploy a function to Cloud Run GPU behind a public front door")
-    cmd.add_argument("function", choices=sorted(FUNCTIONS))
+    cmd.add_argument("function", help=FUNCTION_HELP)
     cmd.add_argument("--project", "--gcp-project-id", default=os.environ.get("GOOGLE_CLOUD_PROJECT"), required=False)
     cmd.add_argument("--region", "--gcp-region", default=os.environ.get("GOOGLE_CLOUD_REGION"))
     cmd.add_argument("--image", help="the GPU function's image (default: what cloudbuild.yaml pushes)")
@@ -73,14 +74,15 @@ def spec_from(args: argparse.Namespace) -> DeploySpec:
     if not args.project or not args.region:
         raise DeployError("give --project and --region (or GOOGLE_CLOUD_PROJECT and GOOGLE_CLOUD_REGION)")
     registry = f"{args.region}-docker.pkg.dev/{args.project}/{args.repository}"
-    base = service_name(args.function, "front-door")
+    ref = function_ref(args.function)
+    base = service_name(ref.name, "front-door")
     secrets = dict(args.secret)
     if args.label_studio_api_key:
         if "LABEL_STUDIO_API_KEY" in secrets:
             raise DeployError("give LABEL_STUDIO_API_KEY either as --secret or as --label-studio-api-key, not both")
         secrets["LABEL_STUDIO_API_KEY"] = API_KEY_SECRET
     return DeploySpec(
-        function=args.function, project=args.project, region=args.region,
+        function=ref.name, function_target=ref.target if ref.created else None, project=args.project, region=args.region,
         image=args.image or f"{registry}/{base}:{args.tag}",
         front_door_image=args.front_door_image or f"{registry}/{base}-front-door:{args.tag}",
         gpu_type=args.gpu_type, cpu=args.cpu, memory_gib=args.memory, min_instances=args.min_instances,

@@ -94,6 +94,20 @@ class DeploySpec:
     env: dict[str, str] = field(default_factory=dict)
     image_torch: str | None = None  # the image's TORCH build (cu126, pypi, ...); None: from its tag
     allow_unauthenticated: bool = False  # a public front door without Basic auth (a demo)
+    # A function made by `lsfn create`: LSFN_FUNCTION in its images (deploy.function_ref), with
+    # ``function`` the name its services take. None: ``function`` is a built-in function's name.
+    function_target: str | None = None
+
+    @property
+    def target(self) -> str:
+        """LSFN_FUNCTION in both containers."""
+        return self.function_target or self.function
+
+    @property
+    def defaults(self) -> FunctionDefaults:
+        from lsfn.deploy.function_ref import CREATED_DEFAULTS
+
+        return CREATED_DEFAULTS if self.function_target else FUNCTIONS[self.function]
 
     @property
     def front_door_account(self) -> str:
@@ -105,8 +119,8 @@ class DeploySpec:
         return GPUS[self.gpu_type]
 
     def check(self) -> None:
-        if self.function not in FUNCTIONS:
-            raise DeployError(f"no function {self.function!r} (one of {', '.join(FUNCTIONS)})")
+        if self.function_target is None and self.function not in FUNCTIONS:
+            raise DeployError(f"no function {self.function!r} (one of {', '.join(FUNCTIONS)}, or a function's folder)")
         if self.gpu_type not in GPUS:
             raise DeployError(f"--gpu-type {self.gpu_type!r}: Cloud Run offers {', '.join(GPUS)}")
         gpu = self.gpu
@@ -144,11 +158,11 @@ class DeploySpec:
 
     @property
     def gpu_memory_gib(self) -> int:
-        return self.memory_gib if self.memory_gib is not None else max(self.gpu.min_memory_gib, FUNCTIONS[self.function].memory_gib)
+        return self.memory_gib if self.memory_gib is not None else max(self.gpu.min_memory_gib, self.defaults.memory_gib)
 
     @property
     def gpu_concurrency(self) -> int:
-        return self.concurrency if self.concurrency is not None else FUNCTIONS[self.function].concurrency
+        return self.concurrency if self.concurrency is not None else self.defaults.concurrency
 
 
 def service_name(function: str, role: str) -> str:
@@ -209,7 +223,7 @@ def _env(plain: dict[str, str], secrets: dict[str, str]) -> list[Any]:
 def _gpu_env(spec: DeploySpec) -> list[Any]:
     """The variables of a container running the function with its model (the GPU service, the
     pre-annotation job): all secrets but those only the front door checks."""
-    plain = {**spec.env, "LSFN_FUNCTION": spec.function}
+    plain = {**spec.env, "LSFN_FUNCTION": spec.target}
     if spec.label_studio_url:
         plain["LABEL_STUDIO_URL"] = spec.label_studio_url
     return _env(plain, {name: ref for name, ref in spec.secrets.items() if name not in FRONT_DOOR_SECRETS})
@@ -266,7 +280,7 @@ def front_door_service(spec: DeploySpec, upstream_url: str) -> Any:
     from google.cloud import run_v2
     from google.protobuf import duration_pb2
 
-    plain = {**spec.env, "LSFN_FUNCTION": spec.function, "UPSTREAM_URL": upstream_url, "UPSTREAM_AUTH": "google-id-token"}
+    plain = {**spec.env, "LSFN_FUNCTION": spec.target, "UPSTREAM_URL": upstream_url, "UPSTREAM_AUTH": "google-id-token"}
     if spec.basic_auth_user:
         plain["BASIC_AUTH_USER"] = spec.basic_auth_user
     secrets = {name: ref for name, ref in spec.secrets.items() if name in FRONT_DOOR_SECRETS}

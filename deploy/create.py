@@ -2,9 +2,11 @@
 
 The folder holds ``main.py`` (a Model subclass importing only ``lsfn``, with a tiny numpy "model"
 that finds the brightest region of an image, so it answers something meaningful without any
-download), ``weights.json`` (empty: list your weights there), ``README.md`` (what it does and a
-label config, which `lsfn try` uses), a ``Dockerfile`` (lsfn's image pattern, the function on
-top) and ``test_NAME.py``, which passes as generated and fails when the model's answer is wrong.
+download), ``weights.json`` (empty: list your weights there), ``requirements.txt`` (its libraries),
+``README.md`` (what it does, a label config, which `lsfn try` uses, and how to deploy it), a
+``Dockerfile`` (lsfn's image pattern: ``function`` and ``front-door`` targets on lsfn's ``core``
+image; `lsfn deploy cloudrun|modal FOLDER` deploys them) and ``test_NAME.py``, which passes as
+generated and fails when the model's answer is wrong.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TASKS", "add_parser", "create", "run"]
+__all__ = ["DOCKERIGNORE", "TASKS", "add_parser", "create", "run"]
 
 # Per task: the label config, the Model's predict loop body, and what the generated test checks.
 TASKS: dict[str, dict[str, str]] = {
@@ -131,7 +133,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lsfn import Batch, LabelConfig, Model, Prediction, coords, results
+from pydantic import Field
+
+from lsfn import Batch, FunctionSettings, LabelConfig, Model, Prediction, coords, results
+
+
+class Options(FunctionSettings):
+    """{name}'s own environment variables, read when the function starts (a bad value stops it,
+    naming the variable)."""
+
+    # BRIGHT_THRESHOLD=0.9 lsfn serve ...: how close to the brightest pixel "bright" is.
+    threshold: float = Field(0.8, gt=0, le=1, validation_alias="BRIGHT_THRESHOLD")
 
 
 def bright_mask(pixels: np.ndarray, threshold: float) -> np.ndarray:
@@ -150,10 +162,14 @@ def bright_box(pixels: np.ndarray, threshold: float) -> coords.PixelRect | None:
 
 class {cls}(Model):
     model_version = "{name}-0.1"
+    settings_class = Options
+    options: Options
 
     def setup(self) -> None:
         # Your weights: self.settings.model_root / "my-model.pt" (never downloaded at request time).
-        self.threshold = 0.8
+        # Import heavy libraries (torch, ...) here, not at the top: the front door imports this
+        # file without them (it answers /setup and /health while the GPU function sleeps).
+        self.threshold = self.options.threshold
 
     def check_label_config(self, config: LabelConfig) -> None:
         config.require("{control}", "Image")
@@ -225,26 +241,93 @@ lsfn try main.py:{cls} photo.jpg --out try/   # what it answers, drawn
 pytest {test}                           # its own test
 ```
 
+Its own variables are the `Options` class in `main.py` (`BRIGHT_THRESHOLD`): a bad value stops
+the start with one line naming it.
+
 Weights: list the files `setup()` reads in `weights.json` (name, url, sha256); `lsfn weights
 weights.json --dest models/` fetches and checks them, and `MODEL_ROOT=models` points the
-function at them. The `Dockerfile` puts the function on top of lsfn's core image.
+function at them. Libraries beyond lsfn's go in `requirements.txt`.
+
+## Deploy
+
+Cloud Run (two images from the `Dockerfile`, on lsfn's `core` image; push them to your registry):
+
+```bash
+docker build --target core -t lsfn-core <lsfn checkout>
+docker build --target function -t REGISTRY/{lname}:v1 . && docker push REGISTRY/{lname}:v1
+docker build --target front-door -t REGISTRY/{lname}-front-door:v1 . && docker push REGISTRY/{lname}-front-door:v1
+lsfn deploy cloudrun . --project P --region R --image REGISTRY/{lname}:v1 \\
+    --front-door-image REGISTRY/{lname}-front-door:v1 --basic-auth-user annotators --secret BASIC_AUTH_PASS=lsfn-pass
+```
+
+Modal (builds its image from this folder and the lsfn checkout you run it from):
+
+```bash
+lsfn deploy modal . --gpu L4 --secret lsfn            # --torch none: no torch in the image
+```
+
+Both deploy `lsfn-{lname}` (a front door Label Studio connects to, and the function behind it,
+scaling to zero); `lsfn connect URL --project N` connects it.
 '''
 
-DOCKERFILE = '''# {name} on top of lsfn's image without a model library (the `core` target of lsfn's
-# Dockerfile: docker build --target core -t lsfn-core <lsfn checkout>). Add your libraries
-# (torch, ...) with pip below, and bake the weights weights.json lists.
+DOCKERFILE = '''# {name}'s images, on lsfn's image without a model library (the `core` target of lsfn's
+# Dockerfile), with the two targets lsfn's own functions have:
+#
+#   function     the model: requirements.txt installed, the files weights.json lists baked in
+#   front-door   the same routes without the model, forwarding to UPSTREAM_URL (main.py imports
+#                its heavy libraries inside setup(), so it loads here without them)
+#
+#   docker build --target core -t lsfn-core <lsfn checkout>      (once per lsfn version)
+#   docker build --target function -t {name} .
+#   docker build --target front-door -t {name}-front-door .
+#
+# The weights are downloaded from weights.json's URLs and checked against its sha256 pins;
+# models/ (local weights for `lsfn serve`) stays out of the build (.dockerignore).
 ARG LSFN_IMAGE=lsfn-core
-FROM ${{LSFN_IMAGE}}
-COPY --chown=10001:10001 . /app/function
-RUN lsfn weights /app/function/weights.json --dest /app/models --manifest /app/models/weights-manifest.json
-ENV LSFN_FUNCTION=/app/function/main.py:{cls} \\
-    LSFN_HOST=0.0.0.0 \\
-    PORT=8080
+
+FROM ${{LSFN_IMAGE}} AS weights
+COPY weights.json /tmp/weights.json
+RUN lsfn weights /tmp/weights.json --dest /app/models --manifest /app/models/weights-manifest.json
+
+FROM ${{LSFN_IMAGE}} AS front-door
+COPY --from=weights /app/models/weights-manifest.json /app/models/weights-manifest.json
+COPY --chown=10001:10001 . /app/function/
+ENV LSFN_FUNCTION=/app/function/main.py:{cls}
+USER 10001:10001
+WORKDIR /app
+EXPOSE 8080
+CMD ["lsfn", "serve", "--front-door"]
+
+FROM ${{LSFN_IMAGE}} AS function
+COPY requirements.txt /tmp/requirements.txt
+# pip reaches its index with the builder's network; a configuration of the builder's (a proxy's
+# CA, a mirror) comes as build secrets, as for lsfn's images.
+RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \\
+    --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \\
+    pip install --no-cache-dir -r /tmp/requirements.txt
+COPY --from=weights /app/models /app/models
+COPY --chown=10001:10001 . /app/function/
+ENV LSFN_FUNCTION=/app/function/main.py:{cls}
 USER 10001:10001
 WORKDIR /app
 EXPOSE 8080
 CMD ["lsfn", "serve"]
 '''
+
+DOCKERIGNORE = """models/
+__pycache__/
+*.pyc
+.pytest_cache/
+try/
+"""
+
+REQUIREMENTS = """# {name}'s libraries beyond lsfn's own (numpy, Pillow, pydantic come with it), installed into its
+# function image (Dockerfile) and its Modal image (lsfn deploy modal, which installs torch itself:
+# --torch cu126 by default, --torch none for a function without it). For torch in the Dockerfile's
+# image, on Cloud Run's L4 (NVIDIA driver 535: CUDA 12), the build lsfn's images pin:
+#   --extra-index-url https://download.pytorch.org/whl/cu126
+#   torch==2.14.1+cu126
+"""
 
 
 def _class_name(name: str) -> str:
@@ -262,7 +345,7 @@ def create(name: str, task: str, parent: Path) -> Path:
         raise ValueError(f"{folder} exists and is not empty")
     spec = TASKS[task]
     test = f"test_{name.replace('-', '_')}.py"  # a basename of its own: pytest collects folders together
-    fields = {"name": name, "task": task, "cls": _class_name(name), "config": spec["config"], "control": spec["control"],
+    fields = {"name": name, "lname": name.lower().replace("_", "-"), "task": task, "cls": _class_name(name), "config": spec["config"], "control": spec["control"],
               "predict": spec["predict"], "check": spec["check"], "test": test}  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "main.py").write_text(MAIN.format(**fields))
@@ -270,6 +353,8 @@ def create(name: str, task: str, parent: Path) -> Path:
     (folder / "README.md").write_text(README.format(**fields))
     (folder / "Dockerfile").write_text(DOCKERFILE.format(**fields))
     (folder / "weights.json").write_text('{"weights": []}\n')
+    (folder / "requirements.txt").write_text(REQUIREMENTS.format(**fields))
+    (folder / ".dockerignore").write_text(DOCKERIGNORE)
     return folder
 
 
@@ -288,6 +373,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cls = _class_name(args.name)
     test = f"test_{args.name.replace('-', '_')}.py"
-    print(f"created {folder}: main.py ({cls}), {test}, README.md, Dockerfile, weights.json\n"
+    print(f"created {folder}: main.py ({cls}), {test}, README.md, Dockerfile, weights.json, requirements.txt\n"
           f"next: cd {folder} && pytest {test} && lsfn serve main.py:{cls}")  # fmt: skip
     return 0

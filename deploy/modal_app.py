@@ -18,7 +18,6 @@ rather than objects a function returns: ``deploy.modal_cli.load_app(spec)`` impo
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from typing import Any
 
 import modal
 
+from lsfn.deploy.create import DOCKERIGNORE
 from lsfn.deploy.cloudrun_spec import DeployError
 from lsfn.deploy.modal_spec import SPEC_VARIABLE, ModalSpec, image_steps, source_root
 from lsfn.functions.torch_device import cuda_unasked
@@ -37,9 +37,10 @@ __all__ = ["SPEC", "Function", "app", "build_image", "front_door", "front_door_a
 
 
 def model_class(function: str) -> Any:
-    """The Model class a function's main.py serves."""
-    target = importlib.import_module(f"lsfn.functions.{function}.main").handler
-    return type(target.runtime.model)
+    """The Model class a function serves (a built-in one's name, or a created one's LSFN_FUNCTION)."""
+    from lsfn.shared.cli import model_class as served_class
+
+    return served_class(function)
 
 
 def gpu_settings() -> Any:
@@ -51,6 +52,10 @@ def gpu_settings() -> Any:
     return in_process_settings()
 
 
+# Of a created function's folder, the top-level entries its .dockerignore (deploy.create) names.
+CREATED_LEFT_OUT = frozenset(line.strip("/") for line in DOCKERIGNORE.split() if line.endswith("/"))
+
+
 def _ignored(top: Path, path: Path) -> bool:
     """Whether the source copy of the checkout's folder ``top`` leaves out ``path`` (relative to
     it), as the Dockerfile's COPY lines and .dockerignore do: caches, the functions' models/
@@ -59,6 +64,8 @@ def _ignored(top: Path, path: Path) -> bool:
     parts = (top / path).parts
     if "__pycache__" in parts or path.suffix == ".pyc":
         return True
+    if top.is_absolute():  # a created function's folder: what its generated .dockerignore leaves out
+        return path.parts[0] in CREATED_LEFT_OUT
     if parts[0] == "functions" and "models" in parts[2:-1]:
         return path.name not in ("shapes.pt", "sample.png")
     return top == Path("deploy") and parts[1:3] == ("image", "weights") and len(parts) > 3
@@ -166,7 +173,7 @@ class Function:
         from lsfn.shared.runtime.app import Runtime
 
         started = time.perf_counter()
-        self.runtime = Runtime(model_class(SPEC.function), gpu_settings())
+        self.runtime = Runtime(model_class(SPEC.target), gpu_settings())
         if SPEC.gpu_snapshot:  # the GPU is attached before a GPU snapshot: load and warm up on it
             self.runtime.start()
             state = self.runtime.loader.wait(SPEC.timeout)
@@ -199,5 +206,5 @@ _door = _config["front_door"]
 @modal.concurrent(max_inputs=_door["concurrent_inputs"])
 @modal.wsgi_app()  # public: Label Studio sends Basic auth, which the app checks (BASIC_AUTH_* in a secret)
 def front_door() -> Any:
-    return front_door_app(SPEC.function, remote_handler(Function().handle))
+    return front_door_app(SPEC.target, remote_handler(Function().handle))
 

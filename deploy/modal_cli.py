@@ -12,7 +12,8 @@ from types import ModuleType
 from typing import Any
 
 from lsfn.deploy.cloudrun_cli import name_value
-from lsfn.deploy.cloudrun_spec import FUNCTIONS, DeployError
+from lsfn.deploy.cloudrun_spec import DeployError
+from lsfn.deploy.function_ref import FUNCTION_HELP, function_ref
 from lsfn.deploy.modal_spec import SPEC_VARIABLE, TORCH_BUILDS, ModalSpec
 
 __all__ = ["add_parser", "credentials", "load_app", "run", "spec_from"]
@@ -24,7 +25,7 @@ NO_CREDENTIALS = ("no Modal credentials: run `modal token new` (or set MODAL_TOK
 def add_parser(commands: Any) -> None:
     """Add `modal` to the `lsfn deploy` subcommands."""
     cmd = commands.add_parser("modal", help="deploy a function to Modal: a GPU class that scales to zero behind a web front door")
-    cmd.add_argument("function", choices=sorted(FUNCTIONS))
+    cmd.add_argument("function", help=FUNCTION_HELP)
     cmd.add_argument("--gpu", default="L4", help="a Modal GPU type, or several to fall back on in order: L4,A10 (default L4)")
     cmd.add_argument("--gpu-snapshot", action="store_true",
                      help="snapshot GPU memory too (Modal's alpha feature): the model loads and warms up on the GPU "
@@ -44,7 +45,8 @@ def add_parser(commands: Any) -> None:
     cmd.add_argument("--memory", type=int, default=8192, metavar="MIB", help="memory of a GPU container in MiB (default 8192)")
     cmd.add_argument("--front-door-min-containers", type=int, default=1, choices=(0, 1),
                      help="1 (default): the front door answers Label Studio's /health at once; 0 saves its cost")
-    cmd.add_argument("--torch", default="cu126", choices=TORCH_BUILDS, help="the image's torch build (default cu126)")
+    cmd.add_argument("--torch", default="cu126", choices=(*TORCH_BUILDS, "none"),
+                     help="the image's torch build (default cu126; none: a created function that needs no torch)")
     cmd.add_argument("--model-size", default=os.environ.get("MODEL_SIZE", "large"), help="SAM 2's size (sam2, grounding_sam)")
     cmd.add_argument("--weights-list", help="another weights.json in the checkout to bake (as the Dockerfile's WEIGHTS_LIST)")
     cmd.add_argument("--weights-from", default="deploy/image/weights",
@@ -60,8 +62,10 @@ def add_parser(commands: Any) -> None:
 
 
 def spec_from(args: argparse.Namespace) -> ModalSpec:
+    ref = function_ref(args.function)
+    created = {"function_target": ref.target, "function_source": str(ref.folder)} if ref.folder else {}
     spec = ModalSpec(
-        function=args.function, gpu=args.gpu, gpu_snapshot=args.gpu_snapshot, secrets=list(args.secret), env=dict(args.env),
+        function=ref.name, **created, gpu=args.gpu, gpu_snapshot=args.gpu_snapshot, secrets=list(args.secret), env=dict(args.env),
         min_containers=args.min_containers, max_containers=args.max_containers, scaledown_window=args.scaledown_window,
         timeout=args.timeout, concurrency=args.concurrency, cpu=args.cpu, memory_mib=args.memory, front_door_min_containers=args.front_door_min_containers,
         torch=args.torch, model_size=args.model_size, name=args.name, label_studio_url=args.label_studio_url,

@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from lsfn.deploy.cloudrun_spec import FUNCTIONS, SECRET_VARIABLES, DeployError
+from lsfn.deploy.cloudrun_spec import FUNCTIONS, SECRET_VARIABLES, DeployError, FunctionDefaults
 
 __all__ = ["SPEC_VARIABLE", "TORCH_BUILDS", "ModalSpec", "app_name", "image_steps", "source_root", "torch_requirements"]
 
@@ -103,10 +103,25 @@ class ModalSpec:
     label_studio_url: str | None = None
     allow_unauthenticated: bool = False
     version: str = field(default_factory=lsfn_version)
+    # A function made by `lsfn create` (deploy.function_ref): LSFN_FUNCTION in the image, and
+    # its folder here, which the image holds at /app/function. None: a built-in function.
+    function_target: str | None = None
+    function_source: str | None = None
 
     @property
     def app(self) -> str:
         return self.name or app_name(self.function)
+
+    @property
+    def target(self) -> str:
+        """LSFN_FUNCTION in the image."""
+        return self.function_target or self.function
+
+    @property
+    def defaults(self) -> FunctionDefaults:
+        from lsfn.deploy.function_ref import CREATED_DEFAULTS
+
+        return CREATED_DEFAULTS if self.function_target else FUNCTIONS[self.function]
 
     @property
     def gpus(self) -> list[str]:
@@ -114,19 +129,19 @@ class ModalSpec:
 
     @property
     def inputs(self) -> int:
-        return self.concurrency or FUNCTIONS[self.function].concurrency
+        return self.concurrency or self.defaults.concurrency
 
     def check(self) -> None:
-        if self.function not in FUNCTIONS:
-            raise DeployError(f"unknown function {self.function!r}: one of {', '.join(sorted(FUNCTIONS))}")
+        if self.function_target is None and self.function not in FUNCTIONS:
+            raise DeployError(f"unknown function {self.function!r}: one of {', '.join(sorted(FUNCTIONS))}, or a function's folder")
         if not self.gpus:
             raise DeployError("--gpu is empty: name a Modal GPU type (L4, A10, L40S, ...)")
         for gpu in self.gpus:
             found = _GPU.fullmatch(gpu)
             if not found or found["type"].upper() not in GPU_TYPES:
                 raise DeployError(f"--gpu {gpu!r} is not a Modal GPU type: one of {', '.join(GPU_TYPES)} (fallbacks: L4,A10)")
-        if self.torch not in TORCH_BUILDS:
-            raise DeployError(f"--torch {self.torch!r}: one of {', '.join(TORCH_BUILDS)}")
+        if self.torch not in TORCH_BUILDS and not (self.torch == "none" and self.function_target):
+            raise DeployError(f"--torch {self.torch!r}: one of {', '.join(TORCH_BUILDS)} (none: a created function without torch)")
         if not 0 <= self.min_containers <= self.max_containers or self.max_containers < 1:
             raise DeployError(f"containers: need 0 <= --min-containers ({self.min_containers}) <= --max-containers "
                               f"({self.max_containers}) and --max-containers >= 1")  # fmt: skip
@@ -159,7 +174,7 @@ class ModalSpec:
     def variables(self) -> dict[str, str]:
         """The plain environment of both functions, beside the image's (secrets come from Modal
         secrets)."""
-        out = {"LSFN_FUNCTION": self.function}
+        out = {"LSFN_FUNCTION": self.target}
         if self.function in ("sam2", "grounding_sam"):
             out["MODEL_SIZE"] = self.model_size
         if self.label_studio_url:
@@ -213,10 +228,9 @@ class ModalSpec:
 def image_steps(spec: ModalSpec) -> list[dict[str, Any]]:
     """The image as build steps, in order: the Dockerfile's ``function`` target (torch first: the
     slow layer, cached while the source changes), with its scripts."""
-    packages, index = torch_requirements(spec.torch, spec.torch_version, spec.torchvision_version)
-    torch_step: dict[str, Any] = {"step": "pip_install", "packages": packages}
-    if index:
-        torch_step |= {"index_url": index, "extra_index_url": "https://pypi.org/simple"}
+    if spec.function_target:
+        return _created_image_steps(spec)
+    torch_step = _torch_step(spec)
     function = spec.function
     files = [{"local": name, "remote": f"/src/{name}"} for name in SOURCE_PATHS]
     files.append({"local": spec.weights_from, "remote": "/src/weights-from"})
@@ -228,9 +242,7 @@ def image_steps(spec: ModalSpec) -> list[dict[str, Any]]:
     if function in ("sam2", "grounding_sam"):
         weights += f" --size {spec.model_size}"
     return [
-        {"step": "debian_slim", "python_version": "3.11"},
-        {"step": "env", "vars": IMAGE_ENV},
-        {"step": "pip_install", "packages": ["pip>=24"]},
+        *_BASE_STEPS,
         torch_step,
         {"step": "add_local", "files": files, "ignore": list(SOURCE_IGNORE)},
         {"step": "run_commands", "commands": [
@@ -238,10 +250,58 @@ def image_steps(spec: ModalSpec) -> list[dict[str, Any]]:
             "pip wheel --no-deps --wheel-dir /wheels /src",
             f'sh /src/deploy/image/install-function {function} "$(ls /wheels/lsfn-*.whl)"',
             weights,
-            f"python -m lsfn.deploy.image_info {function} --torch-build {spec.torch} "
-            "--manifest /app/models/weights-manifest.json > /app/image.json",
-            # The front door's weights directory: the manifest alone, as in its Cloud Run image
-            # (it answers the versions from the listed hashes instead of hashing GBs at start).
-            f"mkdir -p {FRONT_DOOR_MODEL_ROOT} && cp /app/models/weights-manifest.json {FRONT_DOOR_MODEL_ROOT}/",
+            *_info_steps(function, spec.torch),
+        ]},
+    ]  # fmt: skip
+
+
+_BASE_STEPS: list[dict[str, Any]] = [
+    {"step": "debian_slim", "python_version": "3.11"},
+    {"step": "env", "vars": IMAGE_ENV},
+    {"step": "pip_install", "packages": ["pip>=24"]},
+]
+
+
+def _torch_step(spec: ModalSpec) -> dict[str, Any]:
+    packages, index = torch_requirements(spec.torch, spec.torch_version, spec.torchvision_version)
+    step: dict[str, Any] = {"step": "pip_install", "packages": packages}
+    if index:
+        step |= {"index_url": index, "extra_index_url": "https://pypi.org/simple"}
+    return step
+
+
+def _info_steps(function: str, torch: str) -> list[str]:
+    return [
+        f"python -m lsfn.deploy.image_info {function} --torch-build {torch} "
+        "--manifest /app/models/weights-manifest.json > /app/image.json",
+        # The front door's weights directory: the manifest alone, as in its Cloud Run image (it
+        # answers the versions from the listed hashes instead of hashing GBs at start).
+        f"mkdir -p {FRONT_DOOR_MODEL_ROOT} && cp /app/models/weights-manifest.json {FRONT_DOOR_MODEL_ROOT}/",
+    ]
+
+
+def _created_image_steps(spec: ModalSpec) -> list[dict[str, Any]]:
+    """A function made by `lsfn create`, as its Dockerfile builds it: lsfn without a model
+    library, the folder at /app/function (less what its .dockerignore leaves out: models/, the
+    local weights), its requirements.txt, its weights.json's files downloaded and checked."""
+    from lsfn.deploy.function_ref import IMAGE_FUNCTION_DIR as folder
+
+    if not spec.function_source:
+        raise DeployError(f"{spec.function}: the image needs the function's folder (function_source)")
+    files = [{"local": name, "remote": f"/src/{name}"} for name in SOURCE_PATHS]
+    files.append({"local": spec.function_source, "remote": folder})
+    torch = [] if spec.torch == "none" else [_torch_step(spec)]
+    checks = [] if spec.torch == "none" else [f"python /src/deploy/image/check-torch {spec.torch}"]
+    return [
+        *_BASE_STEPS,
+        *torch,
+        {"step": "add_local", "files": files, "ignore": list(SOURCE_IGNORE)},
+        {"step": "run_commands", "commands": [
+            *checks,
+            "pip wheel --no-deps --wheel-dir /wheels /src",
+            'pip install "$(ls /wheels/lsfn-*.whl)"',
+            f"if [ -f {folder}/requirements.txt ]; then pip install -r {folder}/requirements.txt; fi",
+            f"lsfn weights {folder}/weights.json --dest /app/models --manifest /app/models/weights-manifest.json",
+            *_info_steps(spec.function, spec.torch),
         ]},
     ]  # fmt: skip

@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Any
 
+from pydantic import ValidationError
+
 __all__ = ["add_parser", "run", "shard_from"]
 
 
@@ -83,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         ls = LabelStudio(args.label_studio, args.token)
         target = target_from(args.target, args.concurrency, _basic_auth(args), args.max_containers, args.modal_environment)
         summary = prelabel(ls, target, options)
+    except ValidationError:  # a variable of the function's settings: main() names it
+        raise
     except (ValueError, LabelStudioError, TargetError) as exc:
         print(f"lsfn: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 __all__ = ["add_parser", "example_config", "run"]
 
 _XML_BLOCK = re.compile(r"```xml\s*\n(.*?)```", re.S)
@@ -120,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
             draw_regions(decoded.pixels, item["result"]).save(picture)
             labels = sorted({r.get("type", "") for r in item["result"]})
             print(f"{picture}: {len(item['result'])} regions ({', '.join(labels) or 'none'})")
+    except ValidationError:  # a variable of the function's settings: main() names it
+        raise
     except (ValueError, OSError) as exc:
         print(f"lsfn: {exc}", file=sys.stderr)
         return 2

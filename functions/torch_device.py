@@ -102,8 +102,11 @@ def cuda_unasked() -> Iterator[None]:
     the driver. CUDA's device count is read once per process and kept: a model set up on the
     CPU before a memory snapshot (Modal), where no GPU is attached, must not fix it at zero for
     the restored process, which has one. Libraries ask while they build a model (sam2 does)."""
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # an image without torch (a created function): nothing can ask CUDA
+        yield
+        return
     saved = torch.cuda.is_available, torch.cuda.device_count
     torch.cuda.is_available, torch.cuda.device_count = (lambda: False), (lambda: 0)
     try:

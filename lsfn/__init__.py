@@ -7,7 +7,8 @@ What a function author imports, and the only names the template and README use::
 ``Model`` is the class a function subclasses (``setup``, ``warmup``, ``predict``, ``fit``);
 ``Batch`` and ``TaskInput`` are what ``predict`` receives (tasks with their images fetched and
 decoded); ``results`` builds the regions Label Studio stores, ``coords`` converts pixels and
-percentages; raise ``TaskError`` (or return ``TaskFailure``) for one task that cannot be
+percentages; a function's own environment variables are a ``FunctionSettings`` subclass it
+names as ``settings_class`` (read into ``self.options``); raise ``TaskError`` (or return ``TaskFailure``) for one task that cannot be
 predicted, and the others are still answered. ``create_app`` and ``http_target`` make a module
 servable by ``lsfn serve`` and functions-framework.
 
@@ -31,10 +32,10 @@ from lsfn.shared.image_decode import DecodedImage  # noqa: E402
 from lsfn.shared.label_config import Control, LabelConfig, LabelConfigError  # noqa: E402
 from lsfn.shared.protocol import TaskFailure  # noqa: E402
 from lsfn.shared.runtime import Batch, Model, Prediction, Spec, TaskError, TaskInput, create_app, http_target, warmup_image  # noqa: E402
-from lsfn.shared.settings import Settings  # noqa: E402
+from lsfn.shared.settings import FunctionSettings, Settings  # noqa: E402
 from lsfn.shared.weights import WeightsError  # noqa: E402
 
 __all__ = [
-    "Batch", "Control", "DecodedImage", "LabelConfig", "LabelConfigError", "Model", "Prediction", "Settings", "Spec",
+    "Batch", "Control", "DecodedImage", "FunctionSettings", "LabelConfig", "LabelConfigError", "Model", "Prediction", "Settings", "Spec",
     "TaskError", "TaskFailure", "TaskInput", "WeightsError", "coords", "create_app", "http_target", "results", "warmup_image",
 ]  # fmt: skip

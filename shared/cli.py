@@ -215,6 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     connect_cmd.add_argument("--interactive", action="store_true", help="use it for interactive pre-annotation")
     connect_cmd.add_argument("--title", default="lsfn")
     args = parser.parse_args(argv)
+    from pydantic import ValidationError
+
+    try:
+        return _run(parser, args)
+    except ValidationError as exc:  # a variable of Settings or of a function's settings_class
+        from lsfn.shared.settings import environment_problem
+
+        print(f"lsfn: {environment_problem(exc)}", file=sys.stderr)
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.version:
         from importlib.metadata import version
 

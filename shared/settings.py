@@ -2,8 +2,9 @@
 
 Names follow label-studio-ml-backend where it has one, including its older spellings
 (LABEL_STUDIO_HOST, LABEL_STUDIO_ACCESS_TOKEN, ML_SERVER_BASIC_AUTH_*), so an existing
-docker-compose environment keeps working. Model-specific variables (MODEL_CHECKPOINT,
-BOX_THRESHOLD, ...) are read by each function with the same mechanism.
+docker-compose environment keeps working. A function's own variables (MODEL_CHECKPOINT,
+BOX_THRESHOLD, ...) are a ``FunctionSettings`` subclass it declares (``Spec.settings_class``),
+read once per instance into ``model.options``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings", "in_process_settings"]
+__all__ = ["FunctionSettings", "Settings", "environment_problem", "get_settings", "in_process_settings"]
 
 MiB = 1 << 20
 
@@ -142,6 +143,25 @@ class Settings(BaseSettings):
         if self.basic_auth_user and self.basic_auth_pass and self.basic_auth_pass.get_secret_value():
             return self.basic_auth_user, self.basic_auth_pass.get_secret_value()
         return None
+
+
+class FunctionSettings(BaseSettings):
+    """Base of a function's own environment variables: subclass it, one field per variable with
+    its name as ``validation_alias``, and name the subclass as the model's ``settings_class``.
+    Names are case-sensitive, as in a shell; variables it does not declare are ignored."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+
+
+def environment_problem(exc: ValidationError) -> str:
+    """A settings class's validation error as one line naming each variable and its problem
+    (pydantic's own text spans lines and links; a user set a variable, not a field)."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        name = ".".join(str(part) for part in error["loc"]) or exc.title
+        value = f"={error['input']!r}" if isinstance(error.get("input"), (str, int, float)) else ""
+        problems.append(f"{name}{value}: {error['msg']}")
+    return "bad environment: " + "; ".join(problems)
 
 
 @lru_cache(maxsize=1)

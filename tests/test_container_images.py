@@ -378,3 +378,85 @@ def test_the_modal_image_steps_build_an_image_that_predicts(build: tuple[Contain
     assert found["front_door_version"] == found["function_version"]  # from the manifest alone
     listing = engine.podman("run", "--rm", *engine._run_options("none", {}), tag, "ls", "/app/front-door-models").stdout.split()
     assert listing == ["weights-manifest.json"]
+
+
+# -- a function made by `lsfn create`: its Dockerfile on lsfn's core image, and its Modal image ----
+
+CREATED_CONFIG = """<View><Image name="image" value="$image"/>
+<RectangleLabels name="label" toName="image"><Label value="bright"/></RectangleLabels></View>"""
+
+
+def created_body() -> dict:
+    pixels = np.full((60, 80, 3), 10, dtype=np.uint8)
+    pixels[10:30, 40:70] = 240
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return {"tasks": [{"id": 5, "data": {"image": image}}], "label_config": CREATED_CONFIG, "project": "1.1",
+            "params": {"context": None}}  # fmt: skip
+
+
+def assert_bright_box(answer: dict) -> None:
+    (item,) = answer["results"]
+    (region,) = item["result"]
+    assert item["model_version"] == "glow-0.1" and region["value"]["rectanglelabels"] == ["bright"]
+    assert (region["value"]["x"], region["value"]["width"]) == (50.0, 37.5)
+
+
+@pytestmark_images
+def test_a_created_functions_dockerfile_builds_its_two_images(build: tuple[Containers, Path, dict, list, dict], tmp_path: Path) -> None:
+    from lsfn.deploy.create import create
+
+    engine, context, secrets, folders, _ = build
+    engine.build(context, "localhost/lsfn-test-core", "core", {}, secrets, folders)
+    folder = create("glow", "detect", tmp_path)
+    (folder / "models").mkdir()
+    (folder / "models" / "local.pt").write_bytes(b"left out by .dockerignore")
+    tags = {"function": "localhost/lsfn-test-created", "front-door": "localhost/lsfn-test-created-front-door"}
+    for target, tag in tags.items():
+        engine.build(folder, tag, target, {"LSFN_IMAGE": "localhost/lsfn-test-core"}, secrets, folders)
+    with engine.running(tags["function"], free_port(), network="none") as function:
+        assert function.wait_health(120)["status"] == "UP", function.logs()[-3000:]
+        assert function.exec("id", "-u").stdout.strip() not in ("", "0")
+        assert function.exec("ls", "/app/function").stdout.split() == sorted(
+            ["Dockerfile", "README.md", "main.py", "requirements.txt", "test_glow.py", "weights.json"])
+        status, answer = function.request("POST", "/predict", created_body())
+        assert status == 200, answer
+        assert_bright_box(answer)
+    with engine.running(tags["function"], free_port()) as upstream:
+        assert upstream.wait_health(120)["status"] == "UP"
+        door_port = free_port()
+        with engine.running(tags["front-door"], door_port, env={"UPSTREAM_URL": upstream.url}) as door:
+            health = door.wait_health(60)
+            assert health["role"] == "front door", health
+            through = call("POST", f"http://127.0.0.1:{door_port}/predict", created_body())
+            assert through.status == 200
+            assert_bright_box(through.json())
+
+
+@pytestmark_images
+def test_the_modal_image_steps_of_a_created_function_build_an_image_that_predicts(
+    build: tuple[Containers, Path, dict, list, dict]
+) -> None:
+    from lsfn.deploy.create import create
+    from lsfn.deploy.modal_spec import SPEC_VARIABLE, ModalSpec, image_steps
+
+    engine, context, secrets, folders, torch_args = build
+    folder = create("glow", "detect", context / "created")
+    spec = ModalSpec(function="glow", function_target="/app/function/main.py", function_source="created/glow", torch="none")
+    file = context / "Containerfile.modal-created"
+    final = {**spec.variables(), SPEC_VARIABLE: spec.to_json()}
+    file.write_text(modal_containerfile(image_steps(spec), torch_args.get("TORCH_VERSION", ""))
+                    + f'RUN {PIP_MOUNTS} pip install "modal>=1.6,<2"\n'
+                    + "ENV " + " ".join(f"{key}={json.dumps(value)}" for key, value in final.items()) + "\n")  # fmt: skip
+    tag = "localhost/lsfn-test-modal-created"
+    engine.build(context, tag, "", {}, secrets, folders, dockerfile=file)
+    script = MODAL_CHECK.replace("BODY", repr(created_body())).replace("app.SPEC.function", "app.SPEC.target")
+    done = engine.podman("run", "--rm", *engine._run_options("none", {"MODAL_IS_REMOTE": "1"}), tag,
+                         "python", "-c", script, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["status"] == 200 and found["function"] == "/app/function/main.py"
+    assert_bright_box(found["answer"])
+    assert found["front_door_version"] == found["function_version"] == "glow-0.1"
+    assert (folder / "main.py").is_file()

@@ -21,8 +21,8 @@ from tests.test_e2e import lsfn_connect, make_project, retrieve_predictions, sto
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"}
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -55,6 +55,15 @@ def test_a_created_function_is_tried_with_its_readme_config(tmp_path: Path) -> N
     (region,) = item["result"]
     assert region["value"]["x"] == pytest.approx(50.0) and region["value"]["width"] == pytest.approx(37.5)
     assert (tmp_path / "out" / "spot.png").is_file()
+
+    # Its declared variable is read at start: a low threshold takes the whole image as bright,
+    # a bad one stops it naming the variable.
+    args = ("-m", "lsfn.shared.cli", "try", str(tmp_path / "spots" / "main.py:SpotsModel"), str(tmp_path / "spot.png"))
+    low = run(*args, "--out", str(tmp_path / "low"), cwd=tmp_path, env={"BRIGHT_THRESHOLD": "0.01"})
+    (item,) = json.loads((tmp_path / "low" / "spot.json").read_text())["results"]
+    assert low.returncode == 0 and item["result"][0]["value"]["width"] == pytest.approx(100.0), low.stderr
+    bad = run(*args, "--out", str(tmp_path / "bad"), cwd=tmp_path, env={"BRIGHT_THRESHOLD": "2"})
+    assert bad.returncode == 2 and "BRIGHT_THRESHOLD='2'" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 @pytest.mark.e2e

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
-from pydantic import ValidationError
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from lsfn.shared.settings import Settings, get_settings
+import pytest
+from pydantic import Field, ValidationError
+
+from lsfn import FunctionSettings, Model
+from lsfn.shared.settings import Settings, environment_problem, get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -83,3 +91,44 @@ def test_get_settings_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEVICE", "cuda")
     assert get_settings() is first and first.device == "cpu"
     get_settings.cache_clear()
+
+
+class _Options(FunctionSettings):
+    threshold: float = Field(0.5, ge=0, le=1, validation_alias="MY_THRESHOLD")
+    labels: int = Field(3, gt=0, validation_alias="MY_LABELS")
+
+
+class _Declared(Model):
+    settings_class = _Options
+    options: _Options
+
+
+def test_a_function_declares_its_variables_and_reads_them_once_per_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(Model(Settings()).options, FunctionSettings)  # nothing declared: none read
+    monkeypatch.setenv("MY_THRESHOLD", "0.25")
+    model = _Declared(Settings())
+    monkeypatch.setenv("MY_THRESHOLD", "0.75")
+    assert (model.options.threshold, model.options.labels) == (0.25, 3)
+    assert _Declared(Settings()).options.threshold == 0.75
+    monkeypatch.setenv("my_threshold", "0.1")  # names are case-sensitive, as in a shell
+    monkeypatch.delenv("MY_THRESHOLD")
+    assert _Declared(Settings()).options.threshold == 0.5
+
+
+def test_a_bad_function_variable_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_THRESHOLD", "2")
+    monkeypatch.setenv("MY_LABELS", "none")
+    with pytest.raises(ValidationError) as caught:
+        _Declared(Settings())
+    problem = environment_problem(caught.value)
+    assert "\n" not in problem and "http" not in problem
+    assert problem.startswith("bad environment: MY_THRESHOLD='2': Input should be less than or equal to 1")
+    assert "; MY_LABELS='none': Input should be a valid integer" in problem
+
+
+def test_lsfn_serve_refuses_a_bad_variable_in_one_sentence(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MODEL_SIZE": "huge"}
+    done = subprocess.run([sys.executable, "-m", "lsfn.shared.cli", "serve", "sam2", "--port", "0"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == "lsfn: bad environment: MODEL_SIZE='huge': Input should be 'tiny', 'small', 'base_plus' or 'large'"

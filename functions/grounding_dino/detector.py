@@ -18,9 +18,9 @@ __all__ = ["Detector"]
 class Detector:
     """Grounding DINO's engine with its settings (DinoSettings), loaded by ``load``."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, options: DinoSettings) -> None:
         self.settings = settings
-        self.options = DinoSettings()
+        self.options = options
         self.engine: DinoEngine | None = None
 
     def load(self, device: str) -> None:

@@ -22,7 +22,7 @@ from lsfn.shared.runtime import Batch, Prediction, create_app, http_target, warm
 class GroundingDinoModel(GroundingDinoSpec, TorchModel):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
-        self.detector = Detector(settings)
+        self.detector = Detector(settings, self.options)
 
     def setup(self) -> None:
         self.detector.load(self.device)

@@ -6,14 +6,13 @@ same settings."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lsfn.shared.label_config import Control, LabelConfig
 from lsfn.shared.protocol import Context
 from lsfn.shared.runtime.model import Spec
+from lsfn.shared.settings import FunctionSettings
 from lsfn.shared.weights import WeightsError, content_hash, weights_file, weights_folder
 
 __all__ = ["DEFAULT_MODEL", "DinoSettings", "GroundingDinoSpec", "dino_version", "dino_weights", "model_folder", "output_box_control", "spec"]
@@ -22,10 +21,8 @@ __all__ = ["DEFAULT_MODEL", "DinoSettings", "GroundingDinoSpec", "dino_version",
 DEFAULT_MODEL = "grounding-dino-tiny"
 
 
-class DinoSettings(BaseSettings):
+class DinoSettings(FunctionSettings):
     """Grounding DINO's environment variables (label-studio-ml-backend's threshold names)."""
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
     box_threshold: float = Field(0.3, ge=0, le=1, validation_alias=AliasChoices("BOX_THRESHOLD"))
     text_threshold: float = Field(0.25, ge=0, le=1, validation_alias=AliasChoices("TEXT_THRESHOLD"))
@@ -67,19 +64,17 @@ def dino_version(weights_dir: Path, options: DinoSettings) -> str:
 
 class GroundingDinoSpec(Spec):
     model_version = "grounding-dino"
-
-    def __init__(self, settings: Any) -> None:
-        super().__init__(settings)
-        self.dino_options = DinoSettings()
+    settings_class = DinoSettings
+    options: DinoSettings
 
     def check_label_config(self, config: LabelConfig) -> None:
         output_box_control(config, None)
 
     def version_for(self, config: LabelConfig | None) -> str:
-        return dino_version(self.settings.model_root, self.dino_options)
+        return dino_version(self.settings.model_root, self.options)
 
     def weight_files(self, config: LabelConfig | None) -> list[Path]:
-        return dino_weights(self.settings.model_root, self.dino_options)
+        return dino_weights(self.settings.model_root, self.options)
 
 
 spec = GroundingDinoSpec

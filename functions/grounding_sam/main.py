@@ -32,13 +32,13 @@ BOXES_PER_CALL = 32
 class GroundingSamModel(GroundingSamSpec, TorchModel):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
-        self.detector = Detector(settings)
+        self.detector = Detector(settings, self.options)
         self.sam: Sam2Engine | None = None
 
     def setup(self) -> None:
         device = self.device
         self.detector.load(device)
-        self.sam, self.cache = load_sam2(self.settings.model_root, device, self.sam_options)
+        self.sam, self.cache = load_sam2(self.settings.model_root, device, self.options)
         self.model_version = self.version_for(None)
 
     def move_to(self, device: str) -> bool:

@@ -5,7 +5,6 @@ transformers or sam2 here: the front door serves these (shared/runtime/front_doo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from lsfn.functions.grounding_dino.spec import DinoSettings, dino_version, dino_weights
 from lsfn.functions.sam2.spec import Sam2Settings, sam2_checkpoint, sam2_version
@@ -13,27 +12,28 @@ from lsfn.shared.label_config import LabelConfig
 from lsfn.shared.prompts import mask_control
 from lsfn.shared.runtime.model import Spec
 
-__all__ = ["GroundingSamSpec", "spec"]
+__all__ = ["GroundingSamSettings", "GroundingSamSpec", "spec"]
+
+
+class GroundingSamSettings(DinoSettings, Sam2Settings):
+    """Grounding SAM's environment variables: Grounding DINO's and SAM 2's, which it runs both."""
 
 
 class GroundingSamSpec(Spec):
     model_version = "grounding-sam"
-
-    def __init__(self, settings: Any) -> None:
-        super().__init__(settings)
-        self.dino_options = DinoSettings()
-        self.sam_options = Sam2Settings()
+    settings_class = GroundingSamSettings
+    options: GroundingSamSettings
 
     def check_label_config(self, config: LabelConfig) -> None:
         mask_control(config)
 
     def version_for(self, config: LabelConfig | None) -> str:
         root = self.settings.model_root
-        return f"{dino_version(root, self.dino_options)}+{sam2_version(root, self.sam_options)}"
+        return f"{dino_version(root, self.options)}+{sam2_version(root, self.options)}"
 
     def weight_files(self, config: LabelConfig | None) -> list[Path]:
         root = self.settings.model_root
-        return [*dino_weights(root, self.dino_options), sam2_checkpoint(root, self.sam_options)]
+        return [*dino_weights(root, self.options), sam2_checkpoint(root, self.options)]
 
 
 spec = GroundingSamSpec

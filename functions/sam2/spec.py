@@ -5,14 +5,14 @@ serves these (shared/runtime/front_door.py), and Grounding SAM reads the same se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lsfn.shared.label_config import LabelConfig
 from lsfn.shared.prompts import mask_control
 from lsfn.shared.runtime.model import Spec
+from lsfn.shared.settings import FunctionSettings
 from lsfn.shared.weights import WeightsError, content_hash, resolve_weights
 
 __all__ = ["SIZES", "Sam2Settings", "Sam2Spec", "checkpoint_path", "sam2_checkpoint", "sam2_version", "spec"]
@@ -28,11 +28,9 @@ SIZES: dict[str, tuple[str, str]] = {
 }
 
 
-class Sam2Settings(BaseSettings):
+class Sam2Settings(FunctionSettings):
     """The SAM 2 function's environment variables (label-studio-ml-backend's names where it has
     them: MODEL_CONFIG, MODEL_CHECKPOINT)."""
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
     # tiny, small, base_plus or large: sets the config and checkpoint file both.
     size: Literal["tiny", "small", "base_plus", "large"] = Field("large", validation_alias=AliasChoices("MODEL_SIZE"))
@@ -81,10 +79,8 @@ def sam2_version(weights_dir: Path, options: Sam2Settings) -> str:
 
 class Sam2Spec(Spec):
     model_version = "sam2"
-
-    def __init__(self, settings: Any) -> None:
-        super().__init__(settings)
-        self.options = Sam2Settings()
+    settings_class = Sam2Settings
+    options: Sam2Settings
 
     def check_label_config(self, config: LabelConfig) -> None:
         mask_control(config)

@@ -8,20 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lsfn.functions.yolo.controls import Plan, plan_controls
 from lsfn.shared.label_config import LabelConfig
 from lsfn.shared.runtime.model import Spec
+from lsfn.shared.settings import FunctionSettings
 from lsfn.shared.weights import content_hash, resolve_weights
 
 __all__ = ["SHIPPED_WEIGHTS", "YoloSettings", "YoloSpec", "spec"]
 
 
-class YoloSettings(BaseSettings):
+class YoloSettings(FunctionSettings):
     """The YOLO function's own environment variables (label-studio-ml-backend's names)."""
-
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
     allow_custom_model_path: bool = Field(True, validation_alias=AliasChoices("ALLOW_CUSTOM_MODEL_PATH"))
     # Different weights files kept loaded at once (each control may name its own).
@@ -40,10 +38,11 @@ SHIPPED_WEIGHTS = Path(__file__).parent / "models"
 
 class YoloSpec(Spec):
     model_version = "yolo"
+    settings_class = YoloSettings
+    options: YoloSettings
 
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
-        self.options = YoloSettings()
         explicit = "model_root" in settings.model_fields_set
         self.weights_dir: Path = settings.model_root if explicit else SHIPPED_WEIGHTS
 

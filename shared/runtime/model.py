@@ -17,7 +17,7 @@ from lsfn.shared.image_decode import DecodedImage
 from lsfn.shared.label_config import LabelConfig, ObjectTag
 from lsfn.shared.protocol import Context, PredictRequest, Task, TaskFailure, WebhookEvent
 from lsfn.shared.runtime.telemetry import Telemetry
-from lsfn.shared.settings import Settings
+from lsfn.shared.settings import FunctionSettings, Settings
 
 __all__ = ["WARMUP_SIZE", "Batch", "ImageSource", "Model", "Prediction", "Spec", "TaskInput", "task_value", "warmup_image"]
 
@@ -117,10 +117,16 @@ class Spec:
     model_version: str = "0.0.1"
     #: Whether webhook events go to ``fit``.
     trains: ClassVar[bool] = False
+    #: The function's own environment variables (a ``FunctionSettings`` subclass), read into
+    #: ``self.options`` when the model is created: a bad value stops the start, naming it.
+    settings_class: ClassVar[type[FunctionSettings]] = FunctionSettings
+    #: Those variables' values (a subclass narrows the type: ``options: MySettings``).
+    options: FunctionSettings
 
     def __init__(self, settings: Settings) -> None:
         # Cheap: the runtime creates the model before the server listens; weights load in setup.
         self.settings = settings
+        self.options = self.settings_class()
 
     @property
     def model_class(self) -> str:
