@@ -104,8 +104,10 @@ def _file_access(ls: LabelStudio, project: int) -> str:
     for task in listing or []:
         for value in (task.get("data") or {}).values():
             if isinstance(value, str) and value.startswith("/data/"):
-                status = ls.status(value, ls._auth)
-                kind = "personal access token (Bearer)" if ls._auth.startswith("Bearer") else "legacy token"
+                authorization = ls.authorization()
+                status = ls.status(value, authorization)
+                bearer = (authorization or "").startswith("Bearer")
+                kind = "personal access token (Bearer)" if bearer else "legacy token"
                 if status == 200:
                     return f"task files: readable with this {kind}; give the function the same LABEL_STUDIO_API_KEY"
                 return (f"task files: {value} answered {status} with this {kind}; the function needs a token that"

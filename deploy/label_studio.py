@@ -1,8 +1,9 @@
 """A small client of Label Studio's REST API, authenticated like a script, for `lsfn connect` and
 `lsfn prelabel`. Only the standard library: it runs wherever a user has Python.
 
-A personal access token is exchanged for a short-lived access token (and again when Label
-Studio answers 401: a pre-annotation run outlasts one), a legacy token is sent as is.
+A personal access token is exchanged for a short-lived access token (again before it expires
+and when Label Studio answers 401: a pre-annotation run outlasts one), a legacy token is sent
+as is; ``lsfn.shared.label_studio_auth`` holds those rules, this client its urllib transport.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+
+from lsfn.shared.label_studio_auth import LabelStudioAuth
 
 __all__ = ["LabelStudio", "LabelStudioError", "prediction_versions"]
 
@@ -27,10 +30,6 @@ class LabelStudioError(RuntimeError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _is_personal_token(token: str) -> bool:
-    return token.count(".") == 2  # a JWT; a legacy token is 40 hex characters
 
 
 def prediction_versions(task: dict[str, Any]) -> set[str]:
@@ -48,13 +47,12 @@ class LabelStudio:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
-        self._auth = self._authorization()
+        self._auth = LabelStudioAuth(token, lambda _status, message: LabelStudioError(message))
+        self.authorization()  # a personal access token is exchanged now: a wrong one fails here
 
-    def _authorization(self) -> str:
-        if not _is_personal_token(self.token):
-            return f"Token {self.token}"
-        answer = self._call("POST", "/api/token/refresh/", {"refresh": self.token}, auth=False)
-        return f"Bearer {answer['access']}"
+    def authorization(self) -> str | None:
+        """The Authorization header this client sends (``Bearer <access>`` or ``Token <key>``)."""
+        return self._auth.header(lambda path, body: self._send("POST", path, body, auth=False))
 
     def get(self, path: str) -> Any:
         return self._call("GET", path)
@@ -115,27 +113,30 @@ class LabelStudio:
 
     # -- the request ---------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, body: Any = None, auth: bool = True, retried: bool = False) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        text = self._send(method, path, json.dumps(body).encode() if body is not None else None)
+        return json.loads(text) if text.strip() else None
+
+    def _send(self, method: str, path: str, data: bytes | None, auth: bool = True, retried: bool = False) -> str:
+        """The answer's body; LabelStudioError for a refusal or an unreachable Label Studio."""
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
-        if auth:
-            request.add_header("Authorization", self._auth)
+        header = self.authorization() if auth else None
+        if header:
+            request.add_header("Authorization", header)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                text = response.read().decode()
+                return response.read().decode()
         except urllib.error.HTTPError as exc:
-            if exc.code == 401 and auth and not retried and _is_personal_token(self.token):
-                self._auth = self._authorization()  # the access token expired
-                return self._call(method, path, body, auth, retried=True)
+            if exc.code == 401 and auth and not retried and self._auth.refused(header):  # the access token expired
+                return self._send(method, path, data, auth, retried=True)
             if exc.code in (502, 503, 504) and method == "GET" and not retried:  # a restarting Label Studio
                 time.sleep(2.0)
-                return self._call(method, path, body, auth, retried=True)
+                return self._send(method, path, data, auth, retried=True)
             raise LabelStudioError(f"Label Studio answered {exc.code} to {method} {path.split('?')[0]}: {_reason(exc)}",
                                    exc.code) from None  # fmt: skip
         except (urllib.error.URLError, OSError) as exc:
             raise LabelStudioError(f"cannot reach Label Studio at {self.url}: {getattr(exc, 'reason', exc)}") from None
-        return json.loads(text) if text.strip() else None
 
 
 def _reason(exc: urllib.error.HTTPError) -> str:

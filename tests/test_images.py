@@ -1,8 +1,8 @@
 """shared.images: fetching task images over real loopback HTTP, under the SSRF policy.
 
 Every server here is a real listener on 127.0.0.0/8. The only thing observed from inside is
-``shared.images._connect``, the one place the fetcher opens a socket, so each SSRF probe can
-assert that no connection was even attempted.
+``shared.fetch_connections._connect``, the one place the fetcher opens a socket, so each SSRF
+probe can assert that no connection was even attempted.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from lsfn.shared import images
+from lsfn.shared import fetch_connections
 from lsfn.shared.images import FetchError, ImageFetcher
 from lsfn.shared.settings import Settings
 from lsfn.shared.ssrf import ForbiddenURL
@@ -159,13 +159,13 @@ def fetchers() -> Iterator[Callable[..., ImageFetcher]]:
 def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Every (address, port) the fetcher connects a socket to."""
     seen: list[tuple[str, int]] = []
-    real = images._connect
+    real = fetch_connections._connect
 
     def spy(family: int, address: tuple[Any, ...], *args: Any) -> socket.socket:
         seen.append((address[0], address[1]))
         return real(family, address, *args)
 
-    monkeypatch.setattr(images, "_connect", spy)
+    monkeypatch.setattr(fetch_connections, "_connect", spy)
     return seen
 
 

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -65,11 +65,31 @@ def _check_item(item: Any) -> Prediction:
     raise TypeError(f"predict returned {type(item).__name__} for a task, not a prediction with a result list")
 
 
+@dataclass
+class _TaskState:
+    """One task of a chunk on its way to its answer: the images it wants, fetched, then decoded
+    or the error that fails it, then its prediction."""
+
+    task: Task
+    wanted: dict[str, str] = field(default_factory=dict)  # object name -> data value to fetch
+    fetched: dict[str, bytes | Exception] = field(default_factory=dict)  # the bytes, or why not
+    decoded: dict[str, DecodedImage | BaseException] = field(default_factory=dict)  # of the bytes fetched
+    images: dict[str, DecodedImage] = field(default_factory=dict)  # what the model gets, none failing
+    error: HTTPError | None = None  # what fails the task before the model sees it
+    prediction: Prediction | HTTPError | None = None
+
+    @property
+    def answer(self) -> Prediction | HTTPError:
+        if self.error is not None:
+            return self.error
+        if self.prediction is None:
+            raise RuntimeError(f"task {self.task.id} was neither failed nor predicted")
+        return self.prediction
+
+
 @dataclass(frozen=True)
-class _Fetched:
-    wanted: list[tuple[int, str, str]]  # (task index in the chunk, object name, data value)
-    fetched: list[bytes | Exception]
-    errors: dict[int, HTTPError]  # tasks whose data has no usable value
+class _Chunk:
+    tasks: list[_TaskState]  # in task order
     timing: Timing  # the fetch phase
 
 
@@ -131,26 +151,24 @@ class Predictor:
         # download still running at the deadline must not touch this request's timing).
         fetching = self._prefetch.submit(self._fetch, chunks[0], request, config, Timing())
         took = 0.0  # the previous chunk's time: the estimate of the next one's
-        for number, chunk in enumerate(chunks):
+        for number in range(len(chunks)):
             started = time.monotonic()
             if deadline is not None and started + took >= deadline:
                 fetching.cancel()
                 late = deadline_error(self.settings.predict_deadline)
                 items.extend(late for _ in range(len(tasks) - len(items)))
                 break
-            fetched = fetching.result()
-            timing.add(fetched.timing)
+            chunk = fetching.result()
+            timing.add(chunk.timing)
             if number + 1 < len(chunks):
                 fetching = self._prefetch.submit(self._fetch, chunks[number + 1], request, config, Timing())
-            inputs = self._inputs(chunk, fetched, timing, request_id)
-            ready = [item for item in inputs if isinstance(item, TaskInput)]
-            predictions: list[Prediction | HTTPError] = []
+            self._decode_chunk(chunk, timing, request_id)
+            ready = [state for state in chunk.tasks if state.error is None]
             if ready:
                 with timing.phase("predict"):
-                    predictions = self._predict(ready, config, request, timing, request_id)
-            answers = iter(predictions)
-            items.extend(next(answers) if isinstance(i, TaskInput) else i for i in inputs)
-            del inputs, ready, predictions, fetched  # this chunk's images
+                    self._predict(ready, config, request, timing, request_id)
+            items.extend(state.answer for state in chunk.tasks)
+            del ready, chunk  # this chunk's images
             took = time.monotonic() - started
 
         interactive = request.is_interactive and len(items) == 1
@@ -191,50 +209,46 @@ class Predictor:
 
     # -- inputs: which task data to fetch, fetched and decoded concurrently ----------------------
 
-    def _fetch(self, tasks: Sequence[Task], request: PredictRequest, config: LabelConfig, timing: Timing) -> _Fetched:
-        """The bytes of every image the tasks' data points at, fetched concurrently."""
+    def _fetch(self, tasks: Sequence[Task], request: PredictRequest, config: LabelConfig, timing: Timing) -> _Chunk:
+        """The tasks' states with the bytes of every image their data points at, fetched
+        concurrently, or the error of a task whose data has no usable value. Runs ahead on the
+        prefetch thread: it touches only the states it makes."""
         # Objects some control labels (an Image shown only for reference is not fetched).
         targets = {o.name: o for c in config.controls for o in c.objects if o.tag in self.model.fetch_objects}
         credentials = _credentials(request)
-        wanted: list[tuple[int, str, str]] = []  # (task index, object name, value)
-        errors: dict[int, HTTPError] = {}
-        for index, task in enumerate(tasks):
-            for name, obj in targets.items():
-                try:
-                    wanted.append((index, name, _task_value(task, obj)))
-                except HTTPError as exc:
-                    errors[index] = exc
-                    break
-        wanted = [w for w in wanted if w[0] not in errors]
+        chunk = _Chunk([_TaskState(task) for task in tasks], timing)
+        for state in chunk.tasks:
+            try:
+                state.wanted = {name: _task_value(state.task, obj) for name, obj in targets.items()}
+            except HTTPError as exc:
+                state.error = exc
+        wanted = [(state, name, value) for state in chunk.tasks if state.error is None
+                  for name, value in state.wanted.items()]  # fmt: skip
         if not wanted:  # a model that fetches its own images (fetch_objects empty)
-            return _Fetched(wanted, [], errors, timing)
+            return chunk
         with timing.phase("fetch"):
-            fetched = self.fetcher.fetch_many([(v, tasks[i].id, credentials) for i, _, v in wanted])
-        return _Fetched(wanted, fetched, errors, timing)
+            fetched = self.fetcher.fetch_many([(value, state.task.id, credentials) for state, _, value in wanted])
+        for (state, name, _), data in zip(wanted, fetched):
+            state.fetched[name] = data
+        return chunk
 
-    def _inputs(self, tasks: Sequence[Task], fetch: _Fetched, timing: Timing, request_id: str) -> list[TaskInput | HTTPError]:
-        """Tasks with their images decoded, or the error that fails each."""
-        wanted, fetched, errors = fetch.wanted, fetch.fetched, dict(fetch.errors)
-        decodable = [(w, data) for w, data in zip(wanted, fetched) if isinstance(data, bytes)]
-        decoded: list[DecodedImage | BaseException] = []
+    def _decode_chunk(self, chunk: _Chunk, timing: Timing, request_id: str) -> None:
+        """Every task's images decoded, all of a chunk's concurrently, or the error that fails
+        the task: its first image's that could not be fetched or decoded."""
+        decodable = [(state, name, data) for state in chunk.tasks for name, data in state.fetched.items()
+                     if isinstance(data, bytes)]  # fmt: skip
         if decodable:
             with timing.phase("decode"):
-                decoded = list(self._decode_pool.map(self._decode, [data for _, data in decodable]))
-
-        images: dict[int, dict[str, DecodedImage]] = {}
-        outcomes = iter(decoded)
-        for (index, name, _), data in zip(wanted, fetched):
-            result = next(outcomes) if isinstance(data, bytes) else data
-            if index in errors:
-                continue
-            if isinstance(result, BaseException):
-                errors[index] = self._task_error(result, tasks[index].id, request_id)
-            else:
-                images.setdefault(index, {})[name] = result
-        return [
-            errors[i] if i in errors else TaskInput(task=task, images=images.get(i, {}))
-            for i, task in enumerate(tasks)
-        ]
+                decoded = list(self._decode_pool.map(self._decode, [data for _, _, data in decodable]))
+            for (state, name, _), result in zip(decodable, decoded):
+                state.decoded[name] = result
+        for state in chunk.tasks:
+            for name, data in state.fetched.items():
+                result = state.decoded[name] if isinstance(data, bytes) else data
+                if isinstance(result, BaseException):
+                    state.error = self._task_error(result, state.task.id, request_id)
+                    break
+                state.images[name] = result
 
     def _decode(self, data: bytes) -> DecodedImage | BaseException:
         try:
@@ -245,8 +259,10 @@ class Predictor:
     # -- the model ------------------------------------------------------------------------------
 
     def _predict(
-        self, inputs: Sequence[TaskInput], config: LabelConfig, request: PredictRequest, timing: Timing, request_id: str
-    ) -> list[Prediction | HTTPError]:
+        self, states: Sequence[_TaskState], config: LabelConfig, request: PredictRequest, timing: Timing, request_id: str
+    ) -> None:
+        """Each task's prediction (its images decoded, none failing), or the error that fails it."""
+        inputs = [TaskInput(task=state.task, images=state.images) for state in states]
         credentials = _credentials(request)
         max_pixels = self.settings.max_image_pixels
 
@@ -282,17 +298,18 @@ class Predictor:
             out = list(self.model.predict(batch))
             if len(out) != len(inputs):
                 raise RuntimeError(f"{self.model.model_class}.predict returned {len(out)} items for {len(inputs)} tasks")
-            checked: list[Prediction | HTTPError] = []
-            for item, task in zip(out, inputs):
-                try:
-                    checked.append(_check_item(item))
-                except TypeError as exc:
-                    checked.append(self._task_error(exc, task.id, request_id))
-            return checked
         except (LabelConfigError, ProtocolError, HTTPError, WeightsError):
             raise  # the request as a whole is wrong: every task would fail the same way
         except Exception as exc:  # noqa: BLE001 - isolated below, task by task
-            if len(inputs) == 1:
-                return [self._task_error(exc, inputs[0].id, request_id)]
-        # One task sank the batch: run each alone so the others are still answered.
-        return [self._predict([task], config, request, timing, request_id)[0] for task in inputs]
+            if len(states) == 1:
+                states[0].prediction = self._task_error(exc, states[0].task.id, request_id)
+                return
+            # One task sank the batch: run each alone so the others are still answered.
+            for state in states:
+                self._predict([state], config, request, timing, request_id)
+            return
+        for state, item in zip(states, out):
+            try:
+                state.prediction = _check_item(item)
+            except TypeError as exc:
+                state.prediction = self._task_error(exc, state.task.id, request_id)
