@@ -84,10 +84,13 @@ RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
 # -- lsfn without a model library: the front door's runtime and the weights tool ------------
 FROM python AS core
 COPY --from=wheel /wheels /wheels
-# google-auth: a front door on Cloud Run mints ID tokens for its private GPU service.
+# google-auth: a front door on Cloud Run mints ID tokens for its private GPU service (and
+# access tokens to run the training job); the gcs extra: it reads a bucket's trained versions.
+# (The wheel is the one built above; its extras' versions are bounded in pyproject.toml.)
+# hadolint ignore=DL3013
 RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
     --mount=type=secret,id=cacert,target=/etc/ssl/certs/ca-certificates.crt \
-    pip install --no-cache-dir /wheels/lsfn-*.whl "google-auth>=2.30,<3"
+    wheel="$(ls /wheels/lsfn-*.whl)" && pip install --no-cache-dir "${wheel}[gcs]" "google-auth>=2.30,<3"
 
 # -- the function's weights: from WEIGHTS_FROM, else downloaded; checked; a manifest written --
 FROM core AS weights

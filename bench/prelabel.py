@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT)]
 
 from processes import serve_function, stop_group  # noqa: E402
 
-from lsfn.deploy.label_studio import LabelStudio  # noqa: E402
+from lsfn.shared.label_studio import LabelStudio  # noqa: E402
 from lsfn.deploy.prelabel import Options, prelabel  # noqa: E402
 from lsfn.deploy.prelabel_targets import HttpTarget  # noqa: E402
 from tests import synthetic  # noqa: E402

@@ -12,11 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lsfn.deploy.cloudrun_spec import DeployError, DeploySpec, front_door_service, gpu_service, job_name, prelabel_job, service_name
+from lsfn.deploy.cloudrun_spec import (
+    DeployError, DeploySpec, front_door_service, gpu_service, job_name, prelabel_job, service_name, train_job_name, training_job,
+)  # fmt: skip
 
-__all__ = ["INVOKER", "Step", "apply", "apply_job", "dry_run", "plan", "plan_job"]
+__all__ = ["INVOKER", "JOB_RUNNER", "Step", "add_iam_binding", "apply", "apply_job", "dry_run", "plan", "plan_job", "plan_train_job", "train_job_binding"]
 
 INVOKER = "roles/run.invoker"
+# Running an execution with its arguments overridden (the project of a training job) needs
+# run.jobs.runWithOverrides, which run.invoker lacks: the front door gets this role on the job.
+JOB_RUNNER = "roles/run.developer"
 # An IAM write that lost a race with another writer (409 Aborted, 412 etag mismatch) is read
 # and written again this many times.
 IAM_ATTEMPTS = 5
@@ -130,7 +135,7 @@ def _deploy_service(services: Any, request: dict[str, Any], log: Callable[[str],
         raise _explain(exc, f"deploy {name}") from None
 
 
-def _add_binding(services: Any, request: dict[str, Any], log: Callable[[str], None]) -> None:
+def add_iam_binding(services: Any, request: dict[str, Any], log: Callable[[str], None]) -> None:
     """Read-modify-write of the service's IAM policy, with its etag; a member already bound is
     not added twice; a write that lost a race is retried on a fresh read."""
     from google.api_core import exceptions
@@ -174,9 +179,22 @@ def apply(spec: DeploySpec, services: Any, log: Callable[[str], None] = print, t
     gpu = _deploy_service(services, gpu_step.request, log, timeout)
     if not gpu.uri:
         raise DeployError(f"{gpu.name} has no URL after its deploy")
-    _add_binding(services, binding.request, log)
+    add_iam_binding(services, binding.request, log)
     door = _deploy_service(services, plan(spec, gpu_url=gpu.uri)[2].request, log, timeout)
     return door.uri
+
+
+def plan_train_job(spec: DeploySpec) -> Step:
+    """The training job's request (`lsfn deploy cloudrun FUNCTION --train-job`)."""
+    spec.check()
+    return Step("create_or_update_job", {"parent": _parent(spec), "job_id": train_job_name(spec.function), "job": training_job(spec)})
+
+
+def train_job_binding(spec: DeploySpec) -> Step:
+    """The front door's right to run the training job (it does on Start Training)."""
+    resource = f"{_parent(spec)}/jobs/{train_job_name(spec.function)}"
+    return Step("add_iam_binding", {"resource": resource, "binding": {"role": JOB_RUNNER,
+                                                                      "members": [f"serviceAccount:{spec.front_door_account}"]}})
 
 
 def plan_job(spec: DeploySpec, workers: int) -> Step:
@@ -187,16 +205,16 @@ def plan_job(spec: DeploySpec, workers: int) -> Step:
     return Step("create_or_update_job", {"parent": _parent(spec), "job_id": job_name(spec.function), "job": prelabel_job(spec, workers)})
 
 
-def dry_run_job(spec: DeploySpec, workers: int) -> str:
-    step = plan_job(spec, workers)
-    return json.dumps([{"method": step.method, "request": _jsonable(step.request)}], indent=2)
+def dry_run_job(*steps: Step) -> str:
+    return json.dumps([{"method": step.method, "request": _jsonable(step.request)} for step in steps], indent=2)
 
 
-def apply_job(spec: DeploySpec, workers: int, jobs: Any, log: Callable[[str], None] = print, timeout: float = 900) -> str:
-    """Create or update the job through ``jobs`` (a ``run_v2.JobsClient``); its name."""
+def apply_job(step: Step, jobs: Any, log: Callable[[str], None] = print, timeout: float = 900) -> str:
+    """Create or update a job (``plan_job``, ``plan_train_job``) through ``jobs`` (a
+    ``run_v2.JobsClient``); its name."""
     from google.api_core import exceptions
 
-    request = plan_job(spec, workers).request
+    request = step.request
     name = f"{request['parent']}/jobs/{request['job_id']}"
     try:
         try:

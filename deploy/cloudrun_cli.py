@@ -66,6 +66,11 @@ def add_parser(commands: Any) -> None:
     cmd.add_argument("--job", action="store_true",
                      help="deploy the pre-annotation job (lsfn prelabel ... cloudrun-job:FUNCTION) instead of the services")
     cmd.add_argument("--workers", type=int, default=4, help="with --job: tasks of an execution, each on its own GPU (default 4)")
+    cmd.add_argument("--weights-store", metavar="gs://BUCKET/PREFIX",
+                     help="train on annotations: trained versions in this bucket, Start Training runs the training job "
+                          "(deploy it with --train-job; README 'Train on your annotations')")
+    cmd.add_argument("--train-job", action="store_true",
+                     help="deploy the training job (lsfn train on the GPU image) instead of the services (needs --weights-store)")
     cmd.add_argument("--dry-run", action="store_true", help="print the requests as JSON and send none")
     cmd.add_argument("--api-endpoint", help="the Cloud Run Admin API's address (tests, private endpoints)")
 
@@ -91,6 +96,7 @@ def spec_from(args: argparse.Namespace) -> DeploySpec:
         service_account=args.service_account, front_door_service_account=args.front_door_service_account,
         label_studio_url=args.label_studio_url, basic_auth_user=args.basic_auth_user,
         secrets=secrets, env=dict(args.env), image_torch=args.image_torch, allow_unauthenticated=args.allow_unauthenticated,
+        weights_store=args.weights_store,
     )  # fmt: skip
 
 
@@ -99,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         spec = spec_from(args)
-        if args.job:
+        if args.job or args.train_job:
             return _deploy_job(spec, args)
         if args.dry_run:
             if problem := spec.open_front_door():
@@ -132,18 +138,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _deploy_job(spec: DeploySpec, args: argparse.Namespace) -> int:
-    """The pre-annotation job: the same image, a GPU per task."""
-    from lsfn.deploy.cloudrun import apply_job, dry_run_job
+    """The pre-annotation job (a GPU per task) or the training job: the GPU function's image."""
+    from lsfn.deploy.cloudrun import add_iam_binding, apply_job, dry_run_job, plan_job, plan_train_job, train_job_binding
 
     if not spec.label_studio_url or not ("LABEL_STUDIO_API_KEY" in spec.secrets or args.label_studio_api_key):
         raise DeployError("the job's tasks read and write the project: give --label-studio-url and the API key "
                           "(--secret LABEL_STUDIO_API_KEY=SECRET or --label-studio-api-key)")  # fmt: skip
+    if args.train_job and args.job:
+        raise DeployError("--job and --train-job deploy different jobs: give one")
+    step = plan_train_job(spec) if args.train_job else plan_job(spec, args.workers)
     if args.dry_run:
-        print(dry_run_job(spec, args.workers))
+        print(dry_run_job(step, *([train_job_binding(spec)] if args.train_job else [])))
         return 0
     if args.label_studio_api_key:
         spec.secrets["LABEL_STUDIO_API_KEY"] = f"{API_KEY_SECRET}:{_store_secret(spec.project, API_KEY_SECRET, args.label_studio_api_key)}"
-    name = apply_job(spec, args.workers, client("JobsClient", args.api_endpoint), log=lambda line: print(f"lsfn: {line}", file=sys.stderr))
+        step = plan_train_job(spec) if args.train_job else plan_job(spec, args.workers)
+    jobs = client("JobsClient", args.api_endpoint)
+    log = lambda line: print(f"lsfn: {line}", file=sys.stderr)  # noqa: E731
+    name = apply_job(step, jobs, log=log)
+    if args.train_job:
+        add_iam_binding(jobs, train_job_binding(spec).request, log)
+        print(f"job: {name}\nStart Training in Label Studio runs it (through the front door deployed with --weights-store "
+              f"{spec.weights_store}); by hand: gcloud run jobs execute {name.rsplit('/', 1)[1]} --region {spec.region} "
+              "--args=train,<FUNCTION>,--project,<ID>")  # fmt: skip
+        return 0
     print(f"job: {name}\nrun it: lsfn prelabel cloudrun-job:{spec.function} --project <ID> --gcp-project {spec.project} "
           f"--region {spec.region} [--workers N]")  # fmt: skip
     return 0

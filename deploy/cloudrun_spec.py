@@ -13,8 +13,9 @@ from typing import Any
 from lsfn.functions.torch_device import MIN_DRIVER  # the CUDA -> driver facts, kept in one place
 
 __all__ = [
-    "FRONT_DOOR_SECRETS", "FUNCTIONS", "GPUS", "SECRET_VARIABLES", "DeployError", "DeploySpec", "Gpu", "cuda_of_torch_build",
-    "front_door_service", "gpu_service", "image_torch_build", "service_name",
+    "FRONT_DOOR_SECRETS", "FUNCTIONS", "GPUS", "SECRET_VARIABLES", "TRAIN_TIMEOUT_SECONDS", "DeployError", "DeploySpec", "Gpu",
+    "cuda_of_torch_build", "front_door_service", "gpu_service", "image_torch_build", "service_name", "train_job_name",
+    "training_job",
 ]  # fmt: skip
 
 
@@ -97,6 +98,9 @@ class DeploySpec:
     # A function made by `lsfn create`: LSFN_FUNCTION in its images (deploy.function_ref), with
     # ``function`` the name its services take. None: ``function`` is a built-in function's name.
     function_target: str | None = None
+    # Training on annotations (README "Train on your annotations"): where trained versions are
+    # kept (gs://bucket/prefix); the front door then runs the training job for Start Training.
+    weights_store: str | None = None
 
     @property
     def target(self) -> str:
@@ -140,6 +144,11 @@ class DeploySpec:
             if name in SECRET_VARIABLES:
                 raise DeployError(f"{name} is a secret: give it with --secret {name}=<Secret Manager name>, not --env")
 
+        if self.weights_store is not None and not self.weights_store.startswith("gs://"):
+            raise DeployError(f"--weights-store {self.weights_store!r}: on Cloud Run, a bucket (gs://BUCKET/PREFIX)")
+        for name in ("WEIGHTS_STORE", "TRAIN_JOB"):
+            if name in self.env:
+                raise DeployError(f"{name} is set by the deploy: use --weights-store")
         torch_build = self.image_torch or image_torch_build(self.image)
         if torch_build is not None:
             check_image_cuda(torch_build, gpu)
@@ -222,10 +231,12 @@ def _env(plain: dict[str, str], secrets: dict[str, str]) -> list[Any]:
 
 def _gpu_env(spec: DeploySpec) -> list[Any]:
     """The variables of a container running the function with its model (the GPU service, the
-    pre-annotation job): all secrets but those only the front door checks."""
+    pre-annotation and training jobs): all secrets but those only the front door checks."""
     plain = {**spec.env, "LSFN_FUNCTION": spec.target}
     if spec.label_studio_url:
         plain["LABEL_STUDIO_URL"] = spec.label_studio_url
+    if spec.weights_store:
+        plain["WEIGHTS_STORE"] = spec.weights_store
     return _env(plain, {name: ref for name, ref in spec.secrets.items() if name not in FRONT_DOOR_SECRETS})
 
 
@@ -281,6 +292,8 @@ def front_door_service(spec: DeploySpec, upstream_url: str) -> Any:
     from google.protobuf import duration_pb2
 
     plain = {**spec.env, "LSFN_FUNCTION": spec.target, "UPSTREAM_URL": upstream_url, "UPSTREAM_AUTH": "google-id-token"}
+    if spec.weights_store:  # it answers the served versions, and runs the training job
+        plain |= {"WEIGHTS_STORE": spec.weights_store, "TRAIN_JOB": f"{_parent_of(spec)}/jobs/{train_job_name(spec.function)}"}
     if spec.basic_auth_user:
         plain["BASIC_AUTH_USER"] = spec.basic_auth_user
     secrets = {name: ref for name, ref in spec.secrets.items() if name in FRONT_DOOR_SECRETS}
@@ -323,23 +336,31 @@ def prelabel_job(spec: DeploySpec, workers: int) -> Any:
     project in-process (`lsfn prelabel local:FUNCTION`, sharded by CLOUD_RUN_TASK_INDEX and
     CLOUD_RUN_TASK_COUNT) and stores the predictions itself; the project and the options come
     with each execution (its container overrides)."""
+    # max_retries 1: a task that died is run again, and what it stored is skipped.
+    return _gpu_job(spec, "prelabel", ["lsfn", "prelabel"], [], workers, max_retries=1, timeout=JOB_TASK_TIMEOUT_SECONDS)
+
+
+def _gpu_job(spec: DeploySpec, role: str, command: list[str], args: list[str], workers: int, max_retries: int,
+             timeout: int) -> Any:  # fmt: skip
+    """A job on the GPU function's image: ``workers`` tasks of one GPU each."""
     from google.cloud import run_v2
     from google.protobuf import duration_pb2
 
     container = run_v2.Container(
-        name="prelabel",
+        name=role,
         image=spec.image,
-        command=["lsfn", "prelabel"],
+        command=command,
+        args=args,
         env=_gpu_env(spec),
         resources=run_v2.ResourceRequirements(
             limits={"cpu": str(spec.gpu_cpu), "memory": f"{spec.gpu_memory_gib}Gi", "nvidia.com/gpu": "1"}
         ),
     )
-    labels = {"lsfn-function": spec.function.replace("_", "-"), "lsfn-role": "prelabel"}
+    labels = {"lsfn-function": spec.function.replace("_", "-"), "lsfn-role": role}
     task = run_v2.TaskTemplate(
         containers=[container],
-        max_retries=1,  # a task that died is run again: what it stored is skipped
-        timeout=duration_pb2.Duration(seconds=JOB_TASK_TIMEOUT_SECONDS),
+        max_retries=max_retries,
+        timeout=duration_pb2.Duration(seconds=timeout),
         service_account=spec.service_account or "",
         node_selector=run_v2.NodeSelector(accelerator=spec.gpu_type),
         gpu_zonal_redundancy_disabled=not spec.gpu_zonal_redundancy,
@@ -348,3 +369,27 @@ def prelabel_job(spec: DeploySpec, workers: int) -> Any:
         template=run_v2.ExecutionTemplate(task_count=workers, parallelism=workers, template=task, labels=labels),
         labels=labels,
     )
+
+
+# A training job's time limit.
+TRAIN_TIMEOUT_SECONDS = 6 * 3600
+
+
+def train_job_name(function: str) -> str:
+    return "lsfn-" + function.replace("_", "-") + "-train"
+
+
+def _parent_of(spec: DeploySpec) -> str:
+    return f"projects/{spec.project}/locations/{spec.region}"
+
+
+def training_job(spec: DeploySpec) -> Any:
+    """The training job (`lsfn deploy cloudrun FUNCTION --train-job`): the GPU function's image
+    running `lsfn train`, one GPU, one task; the front door runs an execution of it for each
+    Start Training, the project in its arguments (container overrides)."""
+    if not spec.weights_store:
+        raise DeployError("the training job keeps its versions in a bucket: give --weights-store gs://BUCKET/PREFIX")
+    # Each execution names its project; max_retries 0: a failed job leaves the served version,
+    # and Start Training runs it again.
+    return _gpu_job(spec, "train", ["lsfn"], ["train", spec.target, "--project", "0"], 1, max_retries=0,
+                    timeout=TRAIN_TIMEOUT_SECONDS)  # fmt: skip

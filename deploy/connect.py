@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from lsfn.deploy.label_studio import LabelStudio, LabelStudioError
+from lsfn.shared.label_studio import LabelStudio, LabelStudioError
 from lsfn.shared.headers import WEBHOOK_SECRET_HEADER
 
 # What a refused or unreachable Label Studio raises here (the client's error, by its old name).

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from lsfn.functions.torch_device import cuda_unasked
 from lsfn.shared.runtime.upstream import CallUpstream, Handler, Unreachable
 
 __all__ = ["SPEC", "Function", "app", "build_image", "front_door", "front_door_app", "gpu_settings", "image", "model_class",
-           "remote_handler"]
+           "remote_handler", "spawn_training", "train_job"]
 
 
 def model_class(function: str) -> Any:
@@ -132,14 +132,36 @@ def remote_handler(method: Any) -> Handler:
     return handler
 
 
-def front_door_app(function: str, handler: Handler) -> Any:
-    """The front door's WSGI app for ``function``, its upstream ``handler``."""
+def front_door_app(function: str, handler: Handler, start_training: Callable[[int, str], Callable[[], object]] | None = None) -> Any:
+    """The front door's WSGI app for ``function``, its upstream ``handler``; with
+    ``start_training(project, job)`` (a spawn of the ``train`` function), "Start Training"
+    starts jobs, one per project at a time."""
     from lsfn.shared.cli import resolve_spec
     from lsfn.shared.runtime.front_door import create_front_door
+    from lsfn.shared.runtime.train_trigger import TrainTrigger, remote_launcher
+    from lsfn.shared.settings import get_settings
 
-    app = create_front_door(resolve_spec(function), upstream=CallUpstream(handler))
+    trainer = None
+    if start_training is not None:
+        trainer = TrainTrigger(remote_launcher(start_training, "modal"), get_settings().train_every_n_annotations)
+    app = create_front_door(resolve_spec(function), upstream=CallUpstream(handler), trainer=trainer)
     app.extensions["lsfn"].start()
     return app
+
+
+def train_job(function: str, project: int, job: str) -> dict[str, Any]:
+    """One training job (the ``train`` function's body): `lsfn train FUNCTION --project N` with
+    the container's LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY (a secret) and WEIGHTS_STORE."""
+    from lsfn.deploy.train_cli import train_project
+    from lsfn.shared.settings import in_process_settings
+
+    settings = in_process_settings()
+    if not settings.weights_store:
+        raise DeployError("the train function has no WEIGHTS_STORE")
+    token = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else ""
+    report = train_project(function, project, settings, store=settings.weights_store, token=token,
+                           log=lambda line: print(f"job {job}: {line}", flush=True))  # fmt: skip
+    return report.to_dict()
 
 
 # -- the app of the spec in the environment ---------------------------------------------------
@@ -206,5 +228,20 @@ _door = _config["front_door"]
 @modal.concurrent(max_inputs=_door["concurrent_inputs"])
 @modal.wsgi_app()  # public: Label Studio sends Basic auth, which the app checks (BASIC_AUTH_* in a secret)
 def front_door() -> Any:
-    return front_door_app(SPEC.target, remote_handler(Function().handle))
+    return front_door_app(SPEC.target, remote_handler(Function().handle), spawn_training if SPEC.train else None)
+
+
+if SPEC.train:
+
+    @app.function(image=image, secrets=secrets, gpu=_gpu_class["gpu"], cpu=SPEC.cpu, memory=SPEC.memory_mib,
+                  timeout=SPEC.train_timeout, max_containers=SPEC.max_containers)  # fmt: skip
+    def train(project: int, job: str) -> dict[str, Any]:
+        """A training job on a GPU of its own: never in a container that answers predictions."""
+        return train_job(SPEC.target, project, job)
+
+
+def spawn_training(project: int, job: str) -> Callable[[], object]:
+    """Start the ``train`` function for a project; what waits for its end."""
+    call = train.spawn(project, job)
+    return call.get
 

@@ -58,6 +58,11 @@ def add_parser(commands: Any) -> None:
                      help="then connect the front door to this Label Studio project (LABEL_STUDIO_API_KEY, and "
                           "BASIC_AUTH_USER/BASIC_AUTH_PASS when the secret sets them, from this shell)")  # fmt: skip
     cmd.add_argument("--interactive", action="store_true", help="with --connect-project: for interactive pre-annotation")
+    cmd.add_argument("--train", action="store_true",
+                     help="add a GPU function `train` that Label Studio's Start Training spawns, and keep trained versions "
+                          "in a Modal Volume (README 'Train on your annotations')")
+    cmd.add_argument("--weights-volume", metavar="NAME", help="with --train: the Volume (default: APP-weights)")
+    cmd.add_argument("--train-timeout", type=int, default=6 * 3600, help="with --train: seconds a job may run (default 6 h)")
     cmd.add_argument("--dry-run", action="store_true", help="print the app's configuration as JSON; call nothing")
 
 
@@ -70,6 +75,7 @@ def spec_from(args: argparse.Namespace) -> ModalSpec:
         timeout=args.timeout, concurrency=args.concurrency, cpu=args.cpu, memory_mib=args.memory, front_door_min_containers=args.front_door_min_containers,
         torch=args.torch, model_size=args.model_size, name=args.name, label_studio_url=args.label_studio_url,
         allow_unauthenticated=args.allow_unauthenticated, weights_list=args.weights_list, weights_from=args.weights_from,
+        train=args.train, weights_volume=args.weights_volume, train_timeout=args.train_timeout,
     )  # fmt: skip
     spec.check()
     return spec

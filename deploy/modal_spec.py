@@ -107,10 +107,20 @@ class ModalSpec:
     # its folder here, which the image holds at /app/function. None: a built-in function.
     function_target: str | None = None
     function_source: str | None = None
+    # Training on annotations (README "Train on your annotations"): a GPU function `train` that
+    # "Start Training" spawns, trained versions in a Modal Volume (default lsfn-<function>-weights).
+    train: bool = False
+    weights_volume: str | None = None
+    train_timeout: int = 6 * 3600
 
     @property
     def app(self) -> str:
         return self.name or app_name(self.function)
+
+    @property
+    def volume(self) -> str:
+        """The Modal Volume trained versions are kept in."""
+        return self.weights_volume or f"{self.app}-weights"
 
     @property
     def target(self) -> str:
@@ -157,7 +167,12 @@ class ModalSpec:
         secret_env = sorted(SECRET_VARIABLES & set(self.env))
         if secret_env:
             raise DeployError(f"{', '.join(secret_env)} must come from a Modal secret (--secret NAME), not --env")
-        image_set = sorted({"LSFN_FUNCTION", SPEC_VARIABLE, "MODEL_SIZE", "MODEL_ROOT", "IMAGE_INFO"} & set(self.env))
+        if self.train and self.function_target is None and self.function != "yolo":
+            raise DeployError(f"--train: {self.function} does not train on annotations (yolo does, and a created function "
+                              "that implements train)")  # fmt: skip
+        if not 60 <= self.train_timeout <= 24 * 3600:
+            raise DeployError("--train-timeout must be between 60 s and 24 h (Modal's bound)")
+        image_set = sorted({"LSFN_FUNCTION", SPEC_VARIABLE, "MODEL_SIZE", "MODEL_ROOT", "IMAGE_INFO", "WEIGHTS_STORE"} & set(self.env))
         if image_set:
             raise DeployError(f"{', '.join(image_set)}: set by the image (the weights baked follow them): "
                               "use --model-size, --weights-list, --weights-from")  # fmt: skip
@@ -179,6 +194,8 @@ class ModalSpec:
             out["MODEL_SIZE"] = self.model_size
         if self.label_studio_url:
             out["LABEL_STUDIO_URL"] = self.label_studio_url
+        if self.train:
+            out["WEIGHTS_STORE"] = f"modal-volume://{self.volume}"
         return {**out, **self.env}
 
     def to_json(self) -> str:
@@ -220,6 +237,12 @@ class ModalSpec:
                 "env": {"MODEL_ROOT": FRONT_DOOR_MODEL_ROOT},
                 "upstream": "Function.handle, in-process (.spawn/.get), no HTTP hop",
             },
+            "train_function": {
+                "name": "train", "gpu": self.gpus if len(self.gpus) > 1 else self.gpus[0], "timeout": self.train_timeout,
+                "cpu": self.cpu, "memory_mib": self.memory_mib, "min_containers": 0, "secrets": list(self.secrets),
+                "weights_store": f"modal-volume://{self.volume}",
+                "started_by": "Start Training in Label Studio (the front door spawns it, one job per project at a time)",
+            } if self.train else None,
             "env": self.variables(),
             "image": image_steps(self),
         }  # fmt: skip

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TextIO
 
-from lsfn.deploy.label_studio import LabelStudio, LabelStudioError, prediction_versions
+from lsfn.shared.label_studio import LabelStudio, LabelStudioError, prediction_versions
 
 __all__ = ["Batch", "Options", "Progress", "Summary", "Target", "id_ranges", "parse_task_ids", "predict_body", "prelabel", "select_tasks"]
 

@@ -64,7 +64,7 @@ def _basic_auth(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lsfn.deploy.label_studio import LabelStudio, LabelStudioError
+    from lsfn.shared.label_studio import LabelStudio, LabelStudioError
     from lsfn.deploy.prelabel import Options, parse_task_ids, prelabel
     from lsfn.deploy.prelabel_targets import TargetError, target_from
 

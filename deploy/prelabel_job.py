@@ -72,7 +72,7 @@ def _counter(args: argparse.Namespace) -> Any:
     """Predictions stored in the project now, or None without Label Studio's address."""
     if not args.label_studio or not args.token:
         return None
-    from lsfn.deploy.label_studio import LabelStudio
+    from lsfn.shared.label_studio import LabelStudio
 
     ls = LabelStudio(args.label_studio, args.token)
     return lambda: sum(ls.model_versions(args.project).values())

@@ -1,4 +1,4 @@
-"""`lsfn`: the command line. Deploy commands live in deploy/."""
+"""`lsfn`: the command line. Deploy, pre-annotation and training commands live in deploy/."""
 
 from __future__ import annotations
 
@@ -196,9 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     add_modal(targets)
     from lsfn.deploy.prelabel_cli import add_parser as add_prelabel
     from lsfn.deploy.create import add_parser as add_create
+    from lsfn.deploy.train_cli import add_parser as add_train
     from lsfn.deploy.try_cli import add_parser as add_try
 
     add_prelabel(commands)
+    add_train(commands)
     add_try(commands)
     add_create(commands)
     connect_cmd = commands.add_parser("connect", help="connect a function to a Label Studio project")
@@ -260,6 +262,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from lsfn.deploy.try_cli import run as try_function
 
         return try_function(args)
+    if args.command == "train":
+        from lsfn.deploy.train_cli import run as train
+
+        return train(args)
     if args.command == "prelabel":
         from lsfn.deploy.prelabel_cli import run as prelabel
 

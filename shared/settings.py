@@ -102,6 +102,26 @@ class Settings(BaseSettings):
     max_video_bytes: int = Field(2048 * MiB, gt=0, validation_alias=_env("MAX_VIDEO_BYTES"))
     video_fetch_timeout: float = Field(300.0, gt=0, validation_alias=_env("VIDEO_FETCH_TIMEOUT"))
 
+    # Training (README "Train on your annotations"): where trained versions are kept (file:///…,
+    # gs://bucket/prefix, modal-volume://name; unset: no training, the function's own weights),
+    # how often an instance asks it which version a project is served with, versions pinned
+    # by hand (a version's name, or PROJECT:base for the function's own weights), where an
+    # instance keeps the files it fetched, and a training run every N annotations (0: only
+    # "Start Training").
+    weights_store: str | None = Field(None, validation_alias=_env("WEIGHTS_STORE"))
+    weights_refresh: float = Field(60.0, ge=0, validation_alias=_env("WEIGHTS_REFRESH"))
+    weights_pin: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias=_env("WEIGHTS_PIN"))
+    weights_cache: Path = Field(Path("/tmp/lsfn-trained"), validation_alias=_env("WEIGHTS_CACHE"))
+    train_every_n_annotations: int = Field(0, ge=0, validation_alias=_env("TRAIN_EVERY_N_ANNOTATIONS"))
+    # On Cloud Run: the job a front door runs an execution of for a training job
+    # (projects/P/locations/R/jobs/NAME, set by lsfn deploy cloudrun --train-job), and the Admin
+    # API's address (a private endpoint).
+    train_job: str | None = Field(None, validation_alias=_env("TRAIN_JOB"))
+    cloud_run_api: str = Field("https://run.googleapis.com", validation_alias=_env("CLOUD_RUN_API"))
+    # The trainer's options for every job (KEY=VALUE,...: YOLO takes ultralytics' train
+    # arguments, e.g. epochs=50,imgsz=640); `lsfn train --train-arg` adds to them.
+    train_args: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias=_env("TRAIN_ARGS"))
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -112,14 +132,14 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("fetch_allowed_hosts", mode="before")
+    @field_validator("fetch_allowed_hosts", "weights_pin", "train_args", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("label_studio_url", "upstream_url", mode="before")
+    @field_validator("label_studio_url", "upstream_url", "weights_store", mode="before")
     @classmethod
     def _strip_url(cls, value: object) -> object:
         if isinstance(value, str):

@@ -195,3 +195,49 @@ def test_cloudbuild_deploys_with_the_command_and_the_cuda_tag() -> None:
     assert subprocess.run(["bash", "-n", "-c", script], capture_output=True).returncode == 0
     assert 'lsfn deploy cloudrun "$function"' in script and '--image-torch "cu126"' in script
     assert '--image "$(cat "/workspace/$function-function.digest")"' in script
+
+
+# -- training on annotations ----------------------------------------------------------------------
+
+
+def train_deploy(*args: str) -> subprocess.CompletedProcess[str]:
+    return deploy("yolo", "--project", "p", "--region", "europe-west4", "--dry-run", *AUTH, "--label-studio-url", "http://ls",
+                  "--secret", "LABEL_STUDIO_API_KEY=lsfn-key", *args)  # fmt: skip
+
+
+def test_a_weights_store_gives_both_services_the_bucket_and_the_front_door_the_training_job() -> None:
+    done = train_deploy("--weights-store", "gs://lsfn-weights/prod")
+    assert done.returncode == 0, done.stderr
+    gpu, _, door = json.loads(done.stdout)
+    assert env(gpu)["WEIGHTS_STORE"] == env(door)["WEIGHTS_STORE"] == "gs://lsfn-weights/prod"
+    assert env(door)["TRAIN_JOB"] == "projects/p/locations/europe-west4/jobs/lsfn-yolo-train" and "TRAIN_JOB" not in env(gpu)
+
+
+def test_the_training_job_runs_lsfn_train_on_the_gpu_image_and_the_front_door_may_run_it() -> None:
+    done = train_deploy("--weights-store", "gs://lsfn-weights/prod", "--train-job")
+    assert done.returncode == 0, done.stderr
+    job, binding = json.loads(done.stdout)
+    assert job["method"] == "create_or_update_job" and job["request"]["job_id"] == "lsfn-yolo-train"
+    execution = job["request"]["job"]["template"]
+    (train,) = execution["template"]["containers"]
+    assert train["command"] == ["lsfn"] and train["args"] == ["train", "yolo", "--project", "0"]
+    assert train["image"] == "europe-west4-docker.pkg.dev/p/lsfn/lsfn-yolo:latest"
+    assert train["resources"]["limits"]["nvidia.com/gpu"] == "1" and execution["template"]["node_selector"] == {"accelerator": "nvidia-l4"}
+    variables = {e["name"]: e.get("value", e.get("value_source")) for e in train["env"]}
+    assert variables["WEIGHTS_STORE"] == "gs://lsfn-weights/prod" and variables["LABEL_STUDIO_URL"] == "http://ls"
+    assert variables["LABEL_STUDIO_API_KEY"] == {"secret_key_ref": {"secret": "lsfn-key", "version": "latest"}}
+    assert "BASIC_AUTH_PASS" not in variables  # only the front door checks it
+    assert execution.get("task_count") == 1 and not execution["template"].get("max_retries")
+    assert binding["request"] == {"resource": "projects/p/locations/europe-west4/jobs/lsfn-yolo-train",
+                                  "binding": {"role": "roles/run.developer",
+                                              "members": ["serviceAccount:lsfn-front-door@p.iam.gserviceaccount.com"]}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [(("--weights-store", "file:///tmp/w"), "a bucket (gs://BUCKET/PREFIX)"), (("--train-job",), "give --weights-store"),
+     (("--weights-store", "gs://b/p", "--env", "TRAIN_JOB=x"), "TRAIN_JOB is set by the deploy")],
+)
+def test_a_training_deploy_that_cannot_work_is_refused(args: tuple[str, ...], problem: str) -> None:
+    done = train_deploy(*args)
+    assert done.returncode == 1 and problem in done.stderr, done.stderr

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lsfn.deploy.label_studio import LabelStudio, LabelStudioError
+from lsfn.shared.label_studio import LabelStudio, LabelStudioError
 from lsfn.shared.label_studio_auth import REFRESH_PATH, LabelStudioAuth, is_personal_token, renew_at
 
 LEGACY = "0123456789abcdef0123456789abcdef01234567"

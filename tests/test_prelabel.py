@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from lsfn.deploy.label_studio import LabelStudio
+from lsfn.shared.label_studio import LabelStudio
 from lsfn.deploy.prelabel import Options, Progress, Summary, parse_task_ids, prelabel
 from lsfn.deploy.prelabel_cli import shard_from
 from lsfn.deploy.prelabel_targets import MapTarget

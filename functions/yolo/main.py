@@ -28,10 +28,12 @@ from lsfn.functions.torch_device import TorchModel  # noqa: E402
 from lsfn.functions.yolo.spec import YoloSpec  # noqa: E402
 from lsfn.shared import coords, results  # noqa: E402
 from lsfn.shared.images import FetchError  # noqa: E402
+from lsfn.shared.label_config import Control, LabelConfig  # noqa: E402
 from lsfn.shared.protocol import TaskFailure  # noqa: E402
 from lsfn.shared.runtime import Batch, Prediction, TaskError, TaskInput, create_app, http_target, task_value, warmup_image  # noqa: E402
 from lsfn.shared.runtime.logs import logger  # noqa: E402
 from lsfn.shared.ssrf import ForbiddenURL  # noqa: E402
+from lsfn.shared.training_set import TrainingResult, TrainingSet  # noqa: E402
 from lsfn.shared.weights import WeightsError, resolve_weights  # noqa: E402
 
 
@@ -133,7 +135,7 @@ class YoloModel(YoloSpec, TorchModel):
         # model (PolygonLabels and BrushLabels on the default segmenter) share its output.
         groups: dict[tuple[Path, str], list[Plan]] = {}
         for plan in plans:
-            path = resolve_weights(self.weights_dir, plan.weights)
+            path = self._weights_for(plan, batch.trained)
             served = self._served(plan, path)
             if served is None:
                 continue
@@ -161,6 +163,25 @@ class YoloModel(YoloSpec, TorchModel):
                 for plan in group:
                     per_task[index].extend(regions(plan, output, names, (image.width, image.height)))
         return [failed.get(index) or results.prediction(found) for index, found in enumerate(per_task)]
+
+    def _weights_for(self, plan: Plan, trained: Path | None) -> Path:
+        """The weights a control is predicted with: the project's trained version's file for
+        it (``train`` writes ``<control name>.pt``), else its model_path."""
+        if trained is not None and plan.task != "track" and (trained / f"{plan.control.name}.pt").is_file():
+            return trained / f"{plan.control.name}.pt"
+        return resolve_weights(self.weights_dir, plan.weights)
+
+    # -- training jobs (functions/yolo/training.py) ------------------------------------------
+
+    def training_controls(self, config: LabelConfig) -> list[Control]:
+        from lsfn.functions.yolo.training import trainable_controls
+
+        return trainable_controls(config)
+
+    def train(self, data: TrainingSet) -> TrainingResult:
+        from lsfn.functions.yolo.training import train
+
+        return train(data, self.weights_dir, self.device)
 
     def _track(
         self, plan: Plan, served: tuple[Any, threading.Lock], task: TaskInput, batch: Batch

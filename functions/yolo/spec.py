@@ -38,6 +38,7 @@ SHIPPED_WEIGHTS = Path(__file__).parent / "models"
 
 class YoloSpec(Spec):
     model_version = "yolo"
+    name = "yolo"
     settings_class = YoloSettings
     options: YoloSettings
 

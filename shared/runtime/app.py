@@ -8,6 +8,7 @@ same ``Runtime.handle``.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from lsfn.shared.runtime.metrics import Metrics
 from lsfn.shared.runtime.model import Model
 from lsfn.shared.runtime.predict import Predictor
 from lsfn.shared.runtime.service import Call, Service, flask_app, json_response, wsgi_app
+from lsfn.shared.runtime.train_trigger import TrainTrigger, local_launcher
 from lsfn.shared.runtime.training import FitQueue
 from lsfn.shared.settings import Settings, get_settings
 
@@ -37,11 +39,12 @@ class Runtime(Service):
         settings = settings or get_settings()
         configure_logging(settings.log_level)
         self.model = model_class(settings)
-        super().__init__(settings, Metrics(), self.model)
+        super().__init__(settings, Metrics(), self.model, trained_files=True)
         self.loader = Loader(self._load, on_change=lambda state: self.metrics.ready.set(state is State.READY))
         self.predictor = Predictor(self.model, self.settings, self.metrics)
         self._on_cpu = False  # set up by preload_on_cpu: loading moves it instead
         self.fit_queue = FitQueue(self.model, self.loader, self.metrics)
+        self.trainer = self._trainer()
         limit, queue = self.settings.max_concurrent_predictions, self.settings.admit_queue
         waiting = self.metrics.waiting
         self._gate = Gate(limit, queue, "predictions (MAX_CONCURRENT_PREDICTIONS)", waiting.labels("predictions"))
@@ -49,6 +52,14 @@ class Runtime(Service):
         # "Retrieve predictions" runs in the background.
         self._batch_gate = Gate(max(1, limit - 1), queue, "batch predictions (one slot is kept for interactive ones)",
                                 waiting.labels("batch"))  # fmt: skip
+
+    def _trainer(self) -> TrainTrigger | None:
+        """Training jobs of this function, as child processes, when it trains and has a store
+        and Label Studio to train from."""
+        settings = self.settings
+        if not (self.model.can_train() and settings.weights_store and settings.label_studio_url and settings.label_studio_api_key):
+            return None
+        return TrainTrigger(local_launcher(model_target(type(self.model))), settings.train_every_n_annotations)
 
     def preload_on_cpu(self) -> None:
         """Set the model up on the CPU now, before anything is served (Modal snapshots the
@@ -102,7 +113,8 @@ class Runtime(Service):
         )
 
     def versions(self, call: Call) -> Response:
-        return json_response(200, {"versions": self.model.versions(), "model_version": self.model.model_version})
+        versions = [*self.model.versions(), *self.trained_versions()]
+        return json_response(200, {"versions": versions, "model_version": self.model.model_version})
 
     def predict(self, call: Call) -> Response:
         request, config = self.predict_request(call)
@@ -117,7 +129,8 @@ class Runtime(Service):
             self.metrics.in_flight.inc()
             try:
                 self._wait_ready(deadline)
-                body = self.predictor.run(request, config, call.timing, call.request_id, deadline)
+                served = self.trained.current(request.project_id) if self.trained is not None else None
+                body = self.predictor.run(request, config, call.timing, call.request_id, deadline, served)
             finally:
                 self.metrics.in_flight.dec()
         finally:
@@ -155,3 +168,9 @@ def http_target(app: flask.Flask) -> Callable[[Request], Response]:
     handler.app = app  # type: ignore[attr-defined]
     handler.runtime = runtime  # type: ignore[attr-defined]
     return handler
+
+
+def model_target(model_class: type[Model]) -> str:
+    """``path/to/module.py:Class`` of a model class, as `lsfn serve|train` take it."""
+    module = sys.modules[model_class.__module__]
+    return f"{module.__file__}:{model_class.__name__}"

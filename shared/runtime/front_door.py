@@ -15,6 +15,7 @@ the front door's ``Upstream`` adds its own credentials.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from lsfn.shared.label_config import LabelConfig
 from lsfn.shared.protocol import WebhookEvent
 from lsfn.shared.runtime.admission import Gate
 from lsfn.shared.runtime.background import BoundedWorker
+from lsfn.shared.runtime.cloudrun_jobs import cloudrun_job_starter
 from lsfn.shared.runtime.errors import HTTPError
 from lsfn.shared.runtime.logs import configure_logging, logger
 from lsfn.shared.runtime.metrics import Metrics
@@ -34,6 +36,7 @@ from lsfn.shared.runtime.model import Spec
 from lsfn.shared.runtime.predict import deadline_error, encode_results, error_item
 from lsfn.shared.runtime.service import Call, Service, flask_app, json_response
 from lsfn.shared.runtime.id_token import GoogleIdToken
+from lsfn.shared.runtime.train_trigger import TrainTrigger, remote_launcher
 from lsfn.shared.runtime.upstream import Answer, HttpUpstream, Unreachable, Upstream
 from lsfn.shared.runtime.upstream_link import Status, UpstreamLink
 from lsfn.shared.settings import Settings, get_settings
@@ -55,10 +58,17 @@ def _answer_problem(answer: Answer) -> str:
 
 
 class FrontDoor(Service):
-    def __init__(self, spec_class: type[Spec], upstream: Upstream | None = None, settings: Settings | None = None) -> None:
+    def __init__(self, spec_class: type[Spec], upstream: Upstream | None = None, settings: Settings | None = None,
+                 trainer: TrainTrigger | None = None) -> None:  # fmt: skip
         settings = settings or get_settings()
         configure_logging(settings.log_level)
         super().__init__(settings, Metrics(model=False), spec_class(settings))
+        # "Start Training" starts a job on the platform (a Modal function, a Cloud Run Job).
+        if trainer is None and settings.train_job:
+            function = os.environ.get("LSFN_FUNCTION") or self.spec.function_name
+            start = cloudrun_job_starter(settings.train_job, function, settings.cloud_run_api)
+            trainer = TrainTrigger(remote_launcher(start, "cloud run job"), settings.train_every_n_annotations)
+        self.trainer = trainer
         if upstream is None:
             if not settings.upstream_url:
                 raise ValueError("the front door needs an upstream: set UPSTREAM_URL or pass --upstream")
@@ -119,7 +129,7 @@ class FrontDoor(Service):
 
     def versions(self, call: Call) -> Response:
         headers = {"X-Request-Id": call.request_id}
-        listed = self.link.refresh_versions(headers) or self.link.listed_versions() or self.spec.versions()
+        listed = self.link.refresh_versions(headers) or self.link.listed_versions() or [*self.spec.versions(), *self.trained_versions()]
         return json_response(200, {"versions": listed, "model_version": listed[0] if listed else self.spec.model_version})
 
     # -- forwarded -------------------------------------------------------------------------------
@@ -221,7 +231,9 @@ class FrontDoor(Service):
         return [error_item(deadline_error(self.settings.predict_deadline), because)] * count
 
 
-def create_front_door(spec_class: type[Spec], upstream: Upstream | None = None, settings: Settings | None = None) -> flask.Flask:
+def create_front_door(spec_class: type[Spec], upstream: Upstream | None = None, settings: Settings | None = None,
+                      trainer: TrainTrigger | None = None) -> flask.Flask:  # fmt: skip
     """The WSGI app of a front door for the function ``spec_class`` describes, calling
-    ``upstream`` (by default UPSTREAM_URL over HTTP); ``app.extensions["lsfn"]`` is the FrontDoor."""
-    return flask_app(FrontDoor(spec_class, upstream, settings), f"lsfn.front-door.{spec_class.__name__}")
+    ``upstream`` (by default UPSTREAM_URL over HTTP), starting training jobs with ``trainer``;
+    ``app.extensions["lsfn"]`` is the FrontDoor."""
+    return flask_app(FrontDoor(spec_class, upstream, settings, trainer), f"lsfn.front-door.{spec_class.__name__}")

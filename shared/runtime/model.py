@@ -6,6 +6,7 @@ predictions; everything HTTP and Label-Studio-specific happens in the runtime ar
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,11 @@ from typing import Any, BinaryIO, ClassVar
 import numpy as np
 
 from lsfn.shared.image_decode import DecodedImage
-from lsfn.shared.label_config import LabelConfig, ObjectTag
+from lsfn.shared.label_config import Control, LabelConfig, LabelConfigError, ObjectTag
 from lsfn.shared.protocol import Context, PredictRequest, Task, TaskFailure, WebhookEvent
 from lsfn.shared.runtime.telemetry import Telemetry
 from lsfn.shared.settings import FunctionSettings, Settings
+from lsfn.shared.training_set import TrainingResult, TrainingSet
 
 __all__ = ["WARMUP_SIZE", "Batch", "ImageSource", "Model", "Prediction", "Spec", "TaskInput", "task_value", "warmup_image"]
 
@@ -90,6 +92,9 @@ class Batch:
     # The source of a task's image by object name; raises HTTPError 422 when the task's data
     # has no such field.
     source: Callable[[TaskInput, str], ImageSource]
+    # The folder of the trained version the project is served with (the files ``train``
+    # wrote), or None: the function's own weights (WEIGHTS_STORE, shared.runtime.trained).
+    trained: Path | None = None
 
     @property
     def context(self) -> Context | None:
@@ -131,6 +136,17 @@ class Spec:
     @property
     def model_class(self) -> str:
         return type(self).__name__
+
+    #: The function's name in trained versions' names and the weights store's keys (default:
+    #: the class's name without Model/Spec, lower case).
+    name: ClassVar[str | None] = None
+
+    @property
+    def function_name(self) -> str:
+        if self.name:
+            return self.name
+        base = re.sub(r"(Model|Spec)$", "", type(self).__name__) or type(self).__name__
+        return re.sub(r"(?<!^)(?=[A-Z])", "-", base).lower()
 
     def check_label_config(self, config: LabelConfig) -> None:
         """Raise LabelConfigError when the model cannot serve this label config. Called by
@@ -196,4 +212,23 @@ class Model(Spec):
 
     def fit(self, event: WebhookEvent) -> None:
         """Handle a webhook event (ANNOTATION_CREATED, START_TRAINING, ...) in the background."""
+        raise NotImplementedError
+
+    # -- training jobs (shared.training_job): never where predictions are served -----------------
+
+    @classmethod
+    def can_train(cls) -> bool:
+        """Whether the function trains on annotations (it implements ``train``)."""
+        return cls.train is not Model.train
+
+    def training_controls(self, config: LabelConfig) -> list[Control]:
+        """The controls of a label config ``train`` learns from (their first object's image is
+        fetched per task); LabelConfigError when there is none."""
+        raise LabelConfigError(f"{self.model_class} does not train")
+
+    def train(self, data: TrainingSet) -> TrainingResult:
+        """Fine-tune on a project's annotations, starting from ``data.base`` (the version the
+        project is served with) or the function's own weights; the new weights files, named as
+        ``load_trained`` reads them from a version's folder, and the metric before and after on
+        a held-out split. Called in a training job, without ``setup``."""
         raise NotImplementedError

@@ -27,6 +27,7 @@ from lsfn.shared.runtime.logs import logger
 from lsfn.shared.runtime.metrics import Metrics
 from lsfn.shared.runtime.model import Batch, ImageSource, Model, Prediction, TaskInput, task_value
 from lsfn.shared.runtime.telemetry import Telemetry, Timing
+from lsfn.shared.runtime.trained import Served
 from lsfn.shared.settings import Settings
 from lsfn.shared.weights import WeightsError
 
@@ -136,9 +137,12 @@ class Predictor:
         self._decode_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="lsfn-decode")
 
     def run(
-        self, request: PredictRequest, config: LabelConfig, timing: Timing, request_id: str, deadline: float | None = None
+        self, request: PredictRequest, config: LabelConfig, timing: Timing, request_id: str, deadline: float | None = None,
+        served: Served | None = None,
     ) -> bytes:
         """The encoded /predict answer; raises HTTPError for a failing interactive request.
+        ``served``: the trained version the project is served with (its name on the predictions,
+        its folder given to the model), None for the function's own weights.
         Tasks that would not be finished by ``deadline`` (time.monotonic()) are not started:
         a chunk starts only while the time left exceeds what the previous chunk took; the
         others are answered as error items."""
@@ -166,13 +170,13 @@ class Predictor:
             ready = [state for state in chunk.tasks if state.error is None]
             if ready:
                 with timing.phase("predict"):
-                    self._predict(ready, config, request, timing, request_id)
+                    self._predict(ready, config, request, timing, request_id, served)
             items.extend(state.answer for state in chunk.tasks)
             del ready, chunk  # this chunk's images
             took = time.monotonic() - started
 
         interactive = request.is_interactive and len(items) == 1
-        version = self.model.version_for(config)
+        version = served.name if served is not None else self.model.version_for(config)
         encoded: list[str] = []
         failed = 0
         with timing.phase("encode"):
@@ -259,7 +263,8 @@ class Predictor:
     # -- the model ------------------------------------------------------------------------------
 
     def _predict(
-        self, states: Sequence[_TaskState], config: LabelConfig, request: PredictRequest, timing: Timing, request_id: str
+        self, states: Sequence[_TaskState], config: LabelConfig, request: PredictRequest, timing: Timing, request_id: str,
+        served: Served | None = None,
     ) -> None:
         """Each task's prediction (its images decoded, none failing), or the error that fails it."""
         inputs = [TaskInput(task=state.task, images=state.images) for state in states]
@@ -293,6 +298,7 @@ class Predictor:
         batch = Batch(
             tasks=inputs, label_config=config, request=request, fetch=fetch, fetch_file=fetch_file,
             telemetry=Telemetry(timing, self.metrics), source=source,
+            trained=served.folder if served is not None else None,
         )
         try:
             out = list(self.model.predict(batch))
@@ -306,7 +312,7 @@ class Predictor:
                 return
             # One task sank the batch: run each alone so the others are still answered.
             for state in states:
-                self._predict([state], config, request, timing, request_id)
+                self._predict([state], config, request, timing, request_id, served)
             return
         for state, item in zip(states, out):
             try:

@@ -32,6 +32,8 @@ from lsfn.shared.runtime.logs import logger
 from lsfn.shared.runtime.metrics import Metrics
 from lsfn.shared.runtime.model import Spec
 from lsfn.shared.runtime.telemetry import Timing
+from lsfn.shared.runtime.train_trigger import TrainTrigger
+from lsfn.shared.runtime.trained import trained_serving
 from lsfn.shared.settings import Settings
 
 __all__ = ["ACTIONS", "DEADLINE_HEADER", "WEBHOOK_SECRET_HEADER", "Call", "Route", "Service", "flask_app", "json_response", "wsgi_app"]
@@ -106,10 +108,15 @@ class Service:
     """A server for Label Studio's routes around a ``Spec``: /setup and /webhook are the same
     everywhere; subclasses answer /health, /versions and /predict and say where webhook events go."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, spec: Spec) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, spec: Spec, trained_files: bool = False) -> None:
         self.settings = settings
         self.metrics = metrics
         self.spec = spec
+        # The trained versions projects are served with (WEIGHTS_STORE), their files fetched
+        # where the model runs; None without a store.
+        self.trained = trained_serving(settings, spec.function_name, trained_files)
+        # Training jobs started by webhooks (a subclass that can start them sets it).
+        self.trainer: TrainTrigger | None = None
         self._large_bodies = threading.BoundedSemaphore(_LARGE_BODIES_AT_ONCE)
         self._image = _read_image_info(settings.image_info)
         if self.settings.webhook_secret and self.settings.basic_auth is None:
@@ -155,7 +162,9 @@ class Service:
         if config is not None:
             self.spec.check_label_config(config)
         self.on_setup(call)
-        return json_response(200, {"model_version": self.setup_version(request.label_config, config)})
+        served = self.trained.current(request.project_id) if self.trained is not None else None
+        version = served.name if served is not None else self.setup_version(request.label_config, config)
+        return json_response(200, {"model_version": version})
 
     def on_setup(self, call: Call) -> None:
         """Called by /setup once the label config passed the check (the front door wakes its
@@ -168,6 +177,19 @@ class Service:
     def webhook(self, call: Call) -> Response:
         event = parse_webhook(call.body)
         action = event.action if event.action in ACTIONS else "other"
+        if self.trainer is not None and event.project_id is not None:
+            started = None
+            if event.action == "START_TRAINING":
+                started = self.trainer.start(event.project_id)
+            elif event.action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+                started = self.trainer.annotated(event.project_id)
+            if started is not None:
+                job, new = started
+                self.metrics.webhooks.labels(action, "training" if new else "coalesced").inc()
+                return json_response(200, {"status": "training" if new else "running", "job": job.id})
+        if event.action == "START_TRAINING" and self.trainer is None and not self.spec.trains:
+            self.metrics.webhooks.labels(action, "ignored").inc()
+            return json_response(200, {"status": "ignored", "detail": self.training_unavailable()})
         if not self.spec.trains:
             self.metrics.webhooks.labels(action, "ignored").inc()
             return json_response(200, {"status": "ignored", "detail": f"{self.spec.model_class} does not train"})
@@ -177,6 +199,14 @@ class Service:
             raise HTTPError(503, "webhook queue full", "events arrive faster than they are handled", {"Retry-After": "5"})
         self.metrics.webhooks.labels(action, "queued").inc()
         return json_response(200, {"status": "queued", "job": job})
+
+    def training_unavailable(self) -> str:
+        """Why "Start Training" starts nothing here."""
+        return f"{self.spec.model_class} does not train here (it needs WEIGHTS_STORE, LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)"
+
+    def trained_versions(self) -> list[str]:
+        """The trained versions /versions lists beside the function's own."""
+        return self.trained.listed() if self.trained is not None else []
 
     def predict_request(self, call: Call) -> tuple[PredictRequest, LabelConfig]:
         """A /predict body parsed, its label config checked against the spec."""

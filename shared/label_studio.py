@@ -1,5 +1,5 @@
-"""A small client of Label Studio's REST API, authenticated like a script, for `lsfn connect` and
-`lsfn prelabel`. Only the standard library: it runs wherever a user has Python.
+"""A small client of Label Studio's REST API, authenticated like a script, for `lsfn connect`,
+`lsfn prelabel` and training jobs. Only the standard library: it runs wherever a user has Python.
 
 A personal access token is exchanged for a short-lived access token (again before it expires
 and when Label Studio answers 401: a pre-annotation run outlasts one), a legacy token is sent
