@@ -8,10 +8,11 @@ validation metric is not worse than the served weights'. The report is printed a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -74,6 +75,20 @@ def train_project(function: str, project: int, settings: Settings, *, store: str
                         epochs=epochs, options=options, log=log)  # fmt: skip
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 onto 2 (libraries keep their own reference to sys.stdout)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def run(args: argparse.Namespace) -> int:
     from lsfn.shared.label_studio import LabelStudioError
     from lsfn.shared.settings import in_process_settings
@@ -84,9 +99,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         settings = in_process_settings().model_copy(update={"label_studio_url": (args.label_studio or "").rstrip("/") or None})
-        report = train_project(args.function, args.project, settings, store=args.store, token=args.token or "", base=args.base,
-                               epochs=args.epochs, extra=dict(args.train_arg),
-                               log=lambda line: print(f"lsfn train: {line}", file=sys.stderr, flush=True))  # fmt: skip
+        with _stdout_to_stderr():  # trainers print progress (ultralytics to stdout): stdout is the report's
+            report = train_project(args.function, args.project, settings, store=args.store, token=args.token or "", base=args.base,
+                                   epochs=args.epochs, extra=dict(args.train_arg),
+                                   log=lambda line: print(f"lsfn train: {line}", file=sys.stderr, flush=True))  # fmt: skip
     except ValidationError:
         raise  # a variable of the function's settings: main() names it
     except (ValueError, argparse.ArgumentTypeError, LabelStudioError, StoreError, OSError) as exc:

@@ -115,6 +115,21 @@ def test_a_deploy_that_cannot_work_is_refused_in_one_sentence(args: tuple[str, .
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_train_adds_a_gpu_train_function_and_a_volume_store() -> None:
+    done = lsfn("deploy", "modal", "yolo", "--dry-run", "--secret", "lsfn", "--train", "--gpu", "L4,A10")
+    assert done.returncode == 0, done.stderr
+    config = json.loads(done.stdout)
+    train = config["train_function"]
+    assert train["name"] == "train" and train["gpu"] == ["L4", "A10"] and train["timeout"] == 6 * 3600
+    assert train["secrets"] == ["lsfn"] and train["min_containers"] == 0
+    assert config["env"]["WEIGHTS_STORE"] == train["weights_store"] == "modal-volume://lsfn-yolo-weights"
+    assert json.loads(lsfn("deploy", "modal", "yolo", "--dry-run", "--secret", "lsfn").stdout)["train_function"] is None
+    refused = lsfn("deploy", "modal", "sam2", "--dry-run", "--secret", "lsfn", "--train")
+    assert refused.returncode == 1 and "sam2 does not train" in refused.stderr
+    module = load_app(ModalSpec(function="yolo", secrets=["lsfn"], train=True))
+    assert type(module.train).__name__ == "Function" and module.SPEC.volume == "lsfn-yolo-weights"
+
+
 def test_an_open_front_door_is_a_warning_in_a_dry_run_and_refused_in_a_deploy() -> None:
     dry = lsfn("deploy", "modal", "yolo", "--dry-run")
     assert dry.returncode == 0 and "warning: without --secret the front door has no Basic auth" in dry.stderr

@@ -106,6 +106,52 @@ def test_labels_map_to_the_models_classes_and_new_ones_are_added(tmp_path: Path)
         assert got == expected
 
 
+def test_segment_and_classify_datasets_take_outlines_and_choices(tmp_path: Path) -> None:
+    config = parse_label_config("""<View><Image name="image" value="$image"/>
+      <BrushLabels name="mask" toName="image"><Label value="circle"/><Label value="square"/></BrushLabels>
+      <Choices name="kind" toName="image"><Choice value="one"/><Choice value="many"/></Choices></View>""")
+    mask_control, choice_control = config.control("mask"), config.control("kind")
+    examples = []
+    for i in range(5):
+        mask = np.zeros((60, 80), dtype=bool)
+        mask[10:30, 20 + i : 50 + i] = True
+        result = [results.brush("mask", "image", "square", mask), results.choices("kind", "image", "one" if i % 2 else "many")]
+        regions = {c.name: read_regions(result, c, 80, 60) for c in (mask_control, choice_control)}
+        examples.append(Example(i + 1, i + 1, "", np.zeros((60, 80, 3), dtype=np.uint8), regions))
+    names, index = class_names(mask_control, ["circle", "square"])
+    segment = write_dataset("segment", mask_control, examples, names, index, tmp_path / "seg", 0.2, 0)
+    for example in segment.train:
+        (line,) = (tmp_path / "seg" / "labels" / "train" / f"{example.task_id}.txt").read_text().splitlines()
+        values = [float(v) for v in line.split()[1:]]
+        xs, ys = values[0::2], values[1::2]
+        shift = example.task_id - 1
+        assert line.split()[0] == "1" and np.allclose([min(xs), max(xs)], [(20.5 + shift) / 80, (49.5 + shift) / 80], atol=1e-3)
+        assert np.allclose([min(ys), max(ys)], [10.5 / 60, 29.5 / 60], atol=1e-3)
+    names, index = class_names(choice_control, [])
+    listed = sorted(names)
+    classify = write_dataset("classify", choice_control, examples, listed, {k: listed.index(names[v]) for k, v in index.items()},
+                             tmp_path / "cls", 0.2, 0)  # fmt: skip
+    assert classify.data == tmp_path / "cls"
+    found = sorted(str(p.relative_to(tmp_path / "cls")) for p in (tmp_path / "cls").rglob("*.png"))
+    assert found == sorted(f"{'val' if e in classify.val else 'train'}/{'one' if e.task_id % 2 == 0 else 'many'}/{e.task_id}.png"
+                           for e in examples)  # fmt: skip
+
+
+def test_the_trigger_runs_one_job_per_project_and_counts_annotations() -> None:
+    from lsfn.shared.runtime.train_trigger import Job, TrainTrigger
+
+    started: list[Job] = []
+    trigger = TrainTrigger(started.append, every_n_annotations=3)
+    assert trigger.annotated(7) is None and trigger.annotated(7) is None
+    job, new = trigger.annotated(7)
+    assert new and started == [job] and job.project == 7
+    assert trigger.start(7) == (job, False) and trigger.annotated(8) is None  # coalesced; another project counts apart
+    job.done.set()
+    again, new = trigger.start(7)
+    assert new and again.id != job.id and len(started) == 2
+    assert TrainTrigger(started.append).annotated(7) is None  # TRAIN_EVERY_N_ANNOTATIONS=0: only Start Training
+
+
 def test_versions_are_numbered_once_served_by_promotion_and_checked_on_fetch(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
     versions = TrainedVersions(store, "yolo")
@@ -263,6 +309,20 @@ def test_start_training_in_label_studio_serves_a_better_version(label_studio_ser
     assert failed.returncode == 1 and "missing.pt" in failed.stderr, failed.stderr[-2000:]
     versions = sorted(p.name for p in (trained_setup["store"] / "yolo" / str(project) / "versions").iterdir())
     assert versions == ["1"]
+    assert json.loads((trained_setup["store"] / "yolo" / str(project) / "served.json").read_text())["version"] == trained
+
+    # A run that scores worse on the held-out tasks (a learning rate that wrecks the weights) is
+    # recorded, not served.
+    worse = subprocess.run(
+        [sys.executable, "-m", "lsfn.shared.cli", "train", "yolo", "--project", str(project), "--train-arg", "lr0=1.0",
+         "--train-arg", "epochs=3", "--train-arg", "warmup_epochs=0"],
+        env={**os.environ, **trained_setup["env"], "MODEL_ROOT": str(trained_setup["root"]), "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert worse.returncode == 0, worse.stderr[-2000:]
+    report = json.loads(worse.stdout)
+    assert report["version"].startswith(f"yolo-{project}-2@") and not report["promoted"]
+    assert report["after"] < report["before"] and "kept, not served" in report["reason"]
     assert json.loads((trained_setup["store"] / "yolo" / str(project) / "served.json").read_text())["version"] == trained
 
 
