@@ -277,6 +277,14 @@ def test_embedding_is_per_image(engine: Sam3Engine) -> None:
     assert clicks[0].shape == IMAGES[0].shape[:2] and clicks[1].shape == IMAGES[1].shape[:2]
 
 
+def test_nothing_asked_nothing_done(engine: Sam3Engine) -> None:
+    (embedded,) = engine.embed(IMAGES[:1])
+    assert engine.embed([]) == []
+    assert engine.concept(embedded, [], threshold=0.0) == []
+    with pytest.raises(ValueError, match="a point or a box"):
+        engine.track(embedded, np.zeros((0, 2)), np.zeros(0), np.zeros((0, 4)), True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading: offline, and clear about a wrong folder
 

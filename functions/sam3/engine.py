@@ -219,6 +219,8 @@ class Sam3Engine:
         from transformers.modeling_outputs import BaseModelOutputWithPooling
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
+        if not len(prompts):
+            return []
         text = prompts if isinstance(prompts, TextFeatures) else self.encode_text(prompts)
         size = [embedding.height, embedding.width]
         results: list[list[Instance]] = []
@@ -292,6 +294,8 @@ class Sam3Engine:
         point_xy = np.asarray(points, dtype=np.float32).reshape(-1, 2).tolist()
         point_labels = np.asarray(positive).reshape(-1).astype(int).tolist()
         box_xy = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).tolist()
+        if not point_xy and not box_xy:
+            raise ValueError("track needs a point or a box")
         prompts = max(len(box_xy), 1)
         kwargs: dict[str, Any] = {}
         if point_xy:
