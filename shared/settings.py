@@ -9,6 +9,7 @@ read once per instance into ``model.options``.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -145,6 +146,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = value.strip().rstrip("/")
             return value or None
+        return value
+
+    @field_validator("weights_store")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"file:///.+|gs://[^/]+(/.*)?|modal-volume://[^/]+", value):
+            raise ValueError("use file:///folder, gs://bucket/prefix or modal-volume://name")
+        return value
+
+    @field_validator("weights_pin")
+    @classmethod
+    def _pins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pin in value:
+            if not re.fullmatch(r"\d+:base|.+-\d+-\d+@[0-9a-f]{8}", pin):
+                raise ValueError(f"{pin!r}: a version's name (yolo-3-2@1a2b3c4d) or PROJECT:base")
         return value
 
     @model_validator(mode="after")

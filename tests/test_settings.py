@@ -74,7 +74,7 @@ def test_half_configured_basic_auth_is_refused(monkeypatch: pytest.MonkeyPatch, 
 @pytest.mark.parametrize(
     ("name", "value"),
     [("DEVICE", "tpu"), ("LOG_LEVEL", "LOUD"), ("MODEL_SCORE_THRESHOLD", "2"), ("MAX_BODY_BYTES", "-1"),
-     ("MAX_CONCURRENT_PREDICTIONS", "many")],
+     ("MAX_CONCURRENT_PREDICTIONS", "many"), ("WEIGHTS_STORE", "s3://bucket/x"), ("WEIGHTS_PIN", "yolo-latest")],
 )
 def test_bad_values_fail_at_start_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
