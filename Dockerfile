@@ -12,7 +12,7 @@
 # weights list, and they share the torch layer, which is the slow one (GBs).
 #
 # Build arguments (README "Images"):
-#   FUNCTION             yolo, sam2, grounding_dino or grounding_sam
+#   FUNCTION             yolo, sam2, grounding_dino, grounding_sam or sam3
 #   TORCH                cu126 (default: runs on Cloud Run's L4, driver 535), cu130, cpu, or pypi
 #                        (PyPI's own build, CUDA 13: drivers >= 580, Cloud Run's RTX PRO 6000, Modal)
 #   TORCH_VERSION, TORCHVISION_VERSION   the releases the tests pin; an empty TORCHVISION_VERSION
@@ -104,10 +104,13 @@ COPY ${WEIGHTS_FROM}/ /build-context/${WEIGHTS_FROM}/
 # (COPY needs a source: without WEIGHTS_LIST a file that is then not read.)
 COPY ${WEIGHTS_LIST:-pyproject.toml} /tmp/weights-list.json
 # A build without access to a file's URL stops here with one sentence naming it and where a
-# local copy would be taken from (WEIGHTS_FROM).
-RUN set -- ; for name in $WEIGHTS; do set -- "$@" --only "$name"; done; \
+# local copy would be taken from (WEIGHTS_FROM). A gated repository's files (SAM 3) take a
+# Hugging Face token as a build secret, which leaves nothing in the image:
+#   --secret id=hf_token,src=<file holding the token>
+RUN --mount=type=secret,id=hf_token,target=/run/secrets/hf_token \
+    set -- ; for name in $WEIGHTS; do set -- "$@" --only "$name"; done; \
     case "$FUNCTION" in sam2 | grounding_sam) set -- "$@" --size "$MODEL_SIZE" ;; esac; \
-    lsfn weights "$(if [ -n "$WEIGHTS_LIST" ]; then echo /tmp/weights-list.json; else echo "$FUNCTION"; fi)" \
+    HF_TOKEN="$(cat /run/secrets/hf_token 2>/dev/null || true)" lsfn weights "$(if [ -n "$WEIGHTS_LIST" ]; then echo /tmp/weights-list.json; else echo "$FUNCTION"; fi)" \
         --dest /app/models --from "/build-context/$WEIGHTS_FROM" --manifest /app/models/weights-manifest.json "$@"
 
 # -- the front door: no model, the weights' manifest for the versions it answers -----------

@@ -168,7 +168,7 @@ def train_job(function: str, project: int, job: str) -> dict[str, Any]:
 
 SPEC = ModalSpec.from_env()
 if SPEC is None:
-    raise DeployError("set LSFN_FUNCTION (yolo, sam2, grounding_dino, grounding_sam) to deploy this module, "
+    raise DeployError("set LSFN_FUNCTION (yolo, sam2, grounding_dino, grounding_sam, sam3) to deploy this module, "
                       "or run lsfn deploy modal FUNCTION")  # fmt: skip
 SPEC.check()
 app = modal.App(SPEC.app, include_source=False)  # the image holds this package: the caller's own source

@@ -10,17 +10,19 @@ whether the list pins it. The front door's image carries that manifest instead o
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from lsfn.shared.weights import file_sha256, write_manifest
 
-__all__ = ["WeightsFetchError", "fetch_weights", "listed_weights", "listing_for"]
+__all__ = ["WeightsFetchError", "fetch_weights", "hub_request", "listed_weights", "listing_for"]
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 
@@ -132,13 +134,23 @@ def listed_weights(listing: Path, _seen: frozenset[Path] = frozenset()) -> list[
     return entries
 
 
+def hub_request(url: str) -> urllib.request.Request:
+    """The request for a listed URL: a gated Hugging Face repository's file (facebook/sam3) with
+    the build's HF_TOKEN, sent to huggingface.co only (not to the storage it redirects to)."""
+    request = urllib.request.Request(url)
+    token = os.environ.get("HF_TOKEN")
+    if token and urllib.parse.urlsplit(url).hostname == "huggingface.co":
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
+    return request
+
+
 def _download(url: str, target: Path, timeout: float, local: Path | None) -> str:
     """Download ``url`` to ``target``; its sha256. ``local``: where a local copy would have been looked for."""
     digest = hashlib.sha256()
     # Written beside the target and renamed: an interrupted download never looks complete.
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as part:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - listed URLs
+            with urllib.request.urlopen(hub_request(url), timeout=timeout) as response:  # noqa: S310 - listed URLs
                 while chunk := response.read(1 << 20):
                     digest.update(chunk)
                     part.write(chunk)

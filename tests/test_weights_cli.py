@@ -176,3 +176,16 @@ def test_a_named_file_of_another_size_than_asked_is_refused(tmp_path: Path) -> N
         fetch_weights(listing_for("sam2"), tmp_path, only=["sam2.1_hiera_tiny.pt"], size="large")
     with pytest.raises(WeightsFetchError, match="must lie in"):
         fetch_weights(listing_for("sam2"), tmp_path / "models", manifest=tmp_path / "elsewhere" / "m.json")
+
+
+def test_a_hub_token_goes_to_huggingface_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gated repository (facebook/sam3) is baked with the build's HF_TOKEN; no other host gets it,
+    nor the storage huggingface.co redirects to (the header is not carried over a redirect)."""
+    from lsfn.deploy.weights import hub_request
+
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    assert hub_request("https://huggingface.co/facebook/sam3/resolve/main/config.json").unredirected_hdrs == {
+        "Authorization": "Bearer hf_not_a_real_token"}
+    assert not hub_request("https://example.com/facebook/sam3/config.json").unredirected_hdrs
+    monkeypatch.delenv("HF_TOKEN")
+    assert not hub_request("https://huggingface.co/facebook/sam3/resolve/main/config.json").unredirected_hdrs

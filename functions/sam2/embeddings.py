@@ -16,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,17 +25,27 @@ from lsfn.shared.cache import SingleFlightLRU
 from lsfn.shared.runtime.model import ImageSource
 from lsfn.shared.runtime.telemetry import Telemetry
 
-__all__ = ["EmbeddingCache"]
+__all__ = ["Embedder", "EmbeddingCache"]
 
 # Source keys remembered per cache entry (an image reached by several URLs needs a few).
 _ALIASES_PER_ENTRY = 4
 
 
-class EmbeddingCache:
-    """Embeddings within ``max_entries`` and ``max_bytes`` (on the model's device)."""
+class Embedder(Protocol):
+    """What the cache encodes with: SAM 2's engine, or any whose embedding has a ``width``,
+    ``height`` and ``nbytes`` (SAM 3's, through a one-image adapter)."""
 
-    def __init__(self, engine: Sam2Engine, *, max_entries: int, max_bytes: int, url_ttl: float) -> None:
+    def embed(self, pixels: np.ndarray) -> Any: ...
+
+
+class EmbeddingCache:
+    """Embeddings within ``max_entries`` and ``max_bytes`` (on the model's device); each
+    encoding is counted as the model call ``counter`` (/metrics)."""
+
+    def __init__(self, engine: Sam2Engine | Embedder, *, max_entries: int, max_bytes: int, url_ttl: float,
+                 counter: str = "sam2_image_encoder") -> None:  # fmt: skip
         self.engine = engine
+        self.counter = counter
         self._embeddings: SingleFlightLRU[str, Embedding] = SingleFlightLRU(
             max_bytes=max_bytes, max_entries=max_entries, size=lambda e: e.nbytes
         )
@@ -74,7 +85,7 @@ class EmbeddingCache:
             image = pixels()
             with telemetry.phase("image-encoder"):
                 embedded = self.engine.embed(image)
-            telemetry.count("sam2_image_encoder")
+            telemetry.count(self.counter)
             return embedded
 
         embedded, hit = self._embeddings.get_or_load(content, encode)

@@ -167,7 +167,7 @@ class Sam3Engine:
             return []
         with self._inference():
             # Resized on the model's device: a 4K frame crosses the bus as bytes, not floats.
-            tensors = [torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1) for image in images]
+            tensors = [torch.from_numpy(np.require(image, requirements=['C', 'W'])).permute(2, 0, 1) for image in images]  # a copy only of a read-only image
             pixels = self.processor.image_processor(tensors, return_tensors="pt", device=self.device)["pixel_values"]
             pixels = pixels.to(self.device)
             hidden = self.backbone(pixels).last_hidden_state  # (batch, patches, channels)
