@@ -174,6 +174,20 @@ def test_an_exemplar_box_goes_with_the_typed_concept(sam3: Function, label_studi
     assert [round(s, 4) for _, s, _ in want] != [round(s, 4) for _, s, _ in without]  # the exemplar changed the answer
 
 
+def test_a_negative_click_and_a_polygon_config(sam3: Function, label_studio: RecordingServer, engine: Sam3Engine) -> None:
+    pixels = image(9)
+    path = serve_image(label_studio, pixels)
+    regions = [point(80, 60, SIZE, label="cat"), point(40, 30, SIZE, label="cat", positive=False)]
+    (prediction,) = predict(sam3, [path], {"result": regions})
+    (embedding,) = engine.embed([pixels])
+    masks, _ = engine.track(embedding, np.array([[80.0, 60.0], [40.0, 30.0]]), np.array([True, False]), np.zeros((0, 4)), multimask=False)
+    assert iou(brush_mask(prediction["result"][0]), masks[0]) >= 0.99
+    polygons = CONFIG.replace("BrushLabels", "PolygonLabels")
+    (batch,) = predict(sam3, [path], config=polygons)
+    assert batch["result"] and {r["type"] for r in batch["result"]} == {"polygonlabels", "rectanglelabels"}
+    assert all(len(r["value"]["points"]) >= 3 for r in batch["result"] if r["type"] == "polygonlabels")
+
+
 def test_no_network_was_attempted(sam3: Function, label_studio: RecordingServer) -> None:
     assert network_attempts(sam3.log_path.parent) == ""
 
