@@ -1,7 +1,8 @@
 """A project's trained versions in a weights store: recorded by training jobs, one of them served.
 
-    <function>/<project>/versions/<n>/manifest.json     what version n is (written first: claims n)
+    <function>/<project>/versions/<n>/claim             n taken (created first, only if free)
     <function>/<project>/versions/<n>/<control>.pt      its weights
+    <function>/<project>/versions/<n>/manifest.json     what version n is (written last: complete)
     <function>/<project>/served.json                    the version the project is served with
 
 A version is named ``<function>-<project>-<n>@<sha8>`` (sha8: of its weights' content), so the
@@ -76,7 +77,7 @@ class TrainedVersions:
     def _numbers(self, project: int) -> list[int]:
         prefix = f"{self._base(project)}versions/"
         found = {int(key[len(prefix):].split("/")[0]) for key in self.store.list(prefix)
-                 if key.endswith("/manifest.json") and key[len(prefix):].split("/")[0].isdigit()}  # fmt: skip
+                 if key.endswith(("/manifest.json", "/claim")) and key[len(prefix):].split("/")[0].isdigit()}  # fmt: skip
         return sorted(found)
 
     def list(self, project: int | None = None) -> list[TrainedVersion]:
@@ -110,11 +111,13 @@ class TrainedVersions:
             name = f"{self.function}-{project}-{n}@{sha[:8]}"
             full = {**manifest, "version": name, "function": self.function, "project": project, "n": n,
                     "files": hashes, "sha256": sha, "created_at": datetime.now(UTC).isoformat()}  # fmt: skip
-            if self.store.create(f"{self._base(project)}versions/{n}/manifest.json", json.dumps(full, indent=2).encode()):
+            if self.store.create(f"{self._base(project)}versions/{n}/claim", name.encode()):
                 break
             n += 1  # another job took it: the next one
         for path in files:
             self.store.upload(f"{self._base(project)}versions/{n}/{path.name}", path)
+        # Last: a version is listed (and can be served) once its files are all there.
+        self.store.write(f"{self._base(project)}versions/{n}/manifest.json", json.dumps(full, indent=2).encode())
         return TrainedVersion(name, project, n, hashes, full)
 
     def promote(self, version: TrainedVersion) -> None:

@@ -116,7 +116,12 @@ def run_training(model: Model, ls: LabelStudio, versions: TrainedVersions, proje
         }
         version = versions.record(project, list(result.files), manifest)
     report.version = version.name
-    if result.after >= result.before:
+    now = versions.served(project)
+    if (now.name if now else None) != (served.name if served else None):
+        # Another job promoted a version while this one trained: this one was scored against
+        # weights no longer served, so it is kept, not served (press Start Training again).
+        report.reason = f"kept, not served: {now.name if now else 'base'} was promoted while it trained"
+    elif result.after >= result.before:
         versions.promote(version)
         report.promoted = True
         report.reason = f"{result.metric} {result.after:.4f} >= {result.before:.4f} of the weights it replaces"

@@ -166,6 +166,16 @@ def test_thresholds_and_instance_cap(engine: Sam3Engine, reference: Reference) -
     np.testing.assert_allclose([i.score for i in capped], scores[:2], atol=SCORE_TOLERANCE)
     (none,) = engine.concept(embedded, ["dog"], threshold=1.0)
     assert none == []
+    # The cap holds over all the prompts of a call: the best scores whichever prompt found them
+    # (many labels and a low threshold must not make a mask per query and label).
+    prompts = ["dog", "cat", "red square"]
+    uncapped = engine.concept(embedded, prompts, threshold=0.0)
+    best = sorted((i.score for per in uncapped for i in per), reverse=True)[:4]
+    capped_all = engine.concept(embedded, prompts, threshold=0.0, max_instances=4)
+    assert sum(len(per) for per in capped_all) == 4
+    np.testing.assert_allclose(sorted((i.score for per in capped_all for i in per), reverse=True), best, atol=SCORE_TOLERANCE)
+    for per, full in zip(capped_all, uncapped):
+        assert all(any(iou(i.mask, j.mask) >= 0.99 for j in full) for i in per)
 
 
 @pytest.mark.parametrize(

@@ -221,3 +221,19 @@ def test_label_studio_pre_annotates_clicks_and_prompts_with_sam3(tmp_path: Path,
             assert result and result[0]["type"] == "brushlabels", answer.json()
     finally:
         fn.close()
+
+
+def test_the_front_door_answers_the_version_from_the_manifest_alone(tmp_path: Path, weights: Path) -> None:
+    """The front door's image holds the weights' manifest, not the 3 GB folder: it answers the
+    same model version as the function (Label Studio's /setup while the GPU side is cold)."""
+    from lsfn.functions.sam3.spec import Sam3Spec
+    from lsfn.shared.settings import Settings
+    from lsfn.shared.weights import file_sha256, write_manifest
+
+    folder = weights / "sam3"
+    write_manifest(tmp_path / "weights-manifest.json", [
+        {"name": f"sam3/{p.name}", "sha256": file_sha256(p), "bytes": p.stat().st_size, "pinned": False}
+        for p in sorted(folder.iterdir()) if p.is_file()])  # fmt: skip
+    door = Sam3Spec(Settings(MODEL_ROOT=tmp_path)).version_for(None)
+    function = Sam3Spec(Settings(MODEL_ROOT=weights)).version_for(None)
+    assert door == function and door.startswith("sam3-sam3@")

@@ -138,7 +138,7 @@ def test_segment_and_classify_datasets_take_outlines_and_choices(tmp_path: Path)
 
 
 def test_the_trigger_runs_one_job_per_project_and_counts_annotations() -> None:
-    from lsfn.shared.runtime.train_trigger import Job, TrainTrigger
+    from lsfn.shared.runtime.train_trigger import Job, TrainBusy, TrainTrigger
 
     started: list[Job] = []
     trigger = TrainTrigger(started.append, every_n_annotations=3)
@@ -150,6 +150,10 @@ def test_the_trigger_runs_one_job_per_project_and_counts_annotations() -> None:
     again, new = trigger.start(7)
     assert new and again.id != job.id and len(started) == 2
     assert TrainTrigger(started.append).annotated(7) is None  # TRAIN_EVERY_N_ANNOTATIONS=0: only Start Training
+    # One job at a time over all projects: a trigger per project id starts one, not one per id.
+    with pytest.raises(TrainBusy, match="project 7 is running"):
+        trigger.start(9)
+    assert trigger.annotated(9) is None and trigger.annotated(9) is None and trigger.annotated(9) is None
 
 
 def test_versions_are_numbered_once_served_by_promotion_and_checked_on_fetch(tmp_path: Path) -> None:

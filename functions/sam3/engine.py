@@ -45,8 +45,6 @@ __all__ = ["REQUIRED_FILES", "Embedding", "Instance", "Sam3Engine", "TextFeature
 REQUIRED_FILES = ("config.json", "model.safetensors")
 # Prompts per detector pass on one image (each is a batch entry of the DETR encoder and decoder).
 PROMPTS_PER_PASS = 8
-# Instances upscaled to the image's size at once: a float mask of a 4K image is 33 MB.
-MASKS_PER_UPSCALE = 8
 
 
 @dataclass(frozen=True)
@@ -211,7 +209,8 @@ class Sam3Engine:
         max_instances: int | None = None,
     ) -> list[list[Instance]]:
         """Every instance of each prompt on the image: per prompt, the instances scoring above
-        ``threshold`` (best first, at most ``max_instances``), masks cut at ``mask_threshold``
+        ``threshold`` (best first; at most ``max_instances`` over all the prompts, the highest
+        scores), masks cut at ``mask_threshold``
         (of the sigmoid). ``exemplars`` are boxes (x0, y0, x1, y1) in pixels, positive or not,
         given with every prompt (transformers' ``input_boxes`` and ``input_boxes_labels``).
         Post-processing does no NMS: overlapping instances are all returned."""
@@ -223,7 +222,10 @@ class Sam3Engine:
             return []
         text = prompts if isinstance(prompts, TextFeatures) else self.encode_text(prompts)
         size = [embedding.height, embedding.width]
-        results: list[list[Instance]] = []
+        # The best ``max_instances`` queries over every prompt, chosen on their scores before any
+        # mask is upscaled: a config with many labels and a low threshold must not make
+        # thousands of full-size masks. Only the kept queries' low-resolution outputs are held.
+        kept: list[tuple[float, int, SimpleNamespace]] = []
         for start in range(0, len(text), PROMPTS_PER_PASS):
             count = min(PROMPTS_PER_PASS, len(text) - start)
             with self._inference():
@@ -242,35 +244,39 @@ class Sam3Engine:
                     **inputs,
                 )
                 for i in range(count):
-                    results.append(self._instances(outputs, i, size, threshold, mask_threshold, max_instances))
+                    kept.extend(self._candidates(outputs, i, start + i, threshold))
+                if max_instances is not None and len(kept) > max_instances:
+                    kept.sort(key=lambda c: -c[0])
+                    del kept[max_instances:]
             del outputs
+        kept.sort(key=lambda c: -c[0])
+        results: list[list[Instance]] = [[] for _ in range(len(text))]
+        for _, prompt, view in kept[:max_instances]:
+            with self._inference():
+                (found,) = self.processor.post_process_instance_segmentation(view, threshold=threshold, mask_threshold=mask_threshold,
+                                                                            target_sizes=[size])  # fmt: skip
+            for score, box, mask in zip(found["scores"].tolist(), found["boxes"].tolist(), found["masks"].bool().cpu().numpy()):
+                results[prompt].append(Instance(score=float(score), box=(box[0], box[1], box[2], box[3]), mask=mask))
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         return results
 
-    def _instances(self, outputs: Any, i: int, size: list[int], threshold: float, mask_threshold: float,
-                   max_instances: int | None) -> list[Instance]:  # fmt: skip
-        """Batch entry ``i``'s instances through ``post_process_instance_segmentation``, given only
-        the queries it keeps, a few at a time (each becomes a float mask at the image's size)."""
+    def _candidates(self, outputs: Any, i: int, prompt: int, threshold: float) -> list[tuple[float, int, SimpleNamespace]]:
+        """Batch entry ``i``'s queries above ``threshold``: (score, prompt, a one-query view of
+        the outputs, copied, for ``post_process_instance_segmentation``)."""
         logits = outputs.pred_logits[i : i + 1].float()
         presence = outputs.presence_logits[i : i + 1].float() if outputs.presence_logits is not None else None
         scores = logits.sigmoid() * (presence.sigmoid() if presence is not None else 1.0)  # the post-processing's score
-        keep = (scores[0] > threshold).nonzero().flatten()
-        keep = keep[scores[0, keep].argsort(descending=True, stable=True)][:max_instances]
-        instances: list[Instance] = []
-        for start in range(0, len(keep), MASKS_PER_UPSCALE):
-            chosen = keep[start : start + MASKS_PER_UPSCALE]
+        out = []
+        for query in (scores[0] > threshold).nonzero().flatten().tolist():
             view = SimpleNamespace(
-                pred_logits=logits[:, chosen],
-                pred_boxes=outputs.pred_boxes[i : i + 1, chosen].float(),
-                pred_masks=outputs.pred_masks[i : i + 1, chosen].float(),
-                presence_logits=presence,
+                pred_logits=logits[:, query : query + 1].clone(),
+                pred_boxes=outputs.pred_boxes[i : i + 1, query : query + 1].float().clone(),
+                pred_masks=outputs.pred_masks[i : i + 1, query : query + 1].float().clone(),
+                presence_logits=presence.clone() if presence is not None else None,
             )
-            (found,) = self.processor.post_process_instance_segmentation(view, threshold=threshold, mask_threshold=mask_threshold, target_sizes=[size])
-            masks = found["masks"].bool().cpu().numpy()
-            for score, box, mask in zip(found["scores"].tolist(), found["boxes"].tolist(), masks):
-                instances.append(Instance(score=float(score), box=(box[0], box[1], box[2], box[3]), mask=mask))
-        return instances
+            out.append((float(scores[0, query]), prompt, view))
+        return out
 
     # -----------------------------------------------------------------------------------------
     # Clicks and boxes

@@ -62,9 +62,13 @@ def _without(context: Context | None, names: set[str]) -> Context | None:
     return Context(result=[r for r in context.result if r.from_name not in names])
 
 
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+def _same(a: Instance, b: Instance, limit: float) -> bool:
+    """Whether two instances' masks overlap at least ``limit`` (IoU); boxes that do not meet are
+    ruled out first, without touching the full-size masks."""
+    if a.box[0] >= b.box[2] or b.box[0] >= a.box[2] or a.box[1] >= b.box[3] or b.box[1] >= a.box[3]:
+        return False
+    union = np.logical_or(a.mask, b.mask).sum()
+    return bool(union) and float(np.logical_and(a.mask, b.mask).sum() / union) >= limit
 
 
 class Sam3Model(Sam3Spec, TorchModel):
@@ -191,7 +195,7 @@ class Sam3Model(Sam3Spec, TorchModel):
         ranked = sorted(((prompt.labels[i], inst) for i, phrase in enumerate(found) for inst in phrase), key=lambda p: -p[1].score)
         kept: list[tuple[str, Instance]] = []
         for label, instance in ranked:
-            if all(label != other or _mask_iou(instance.mask, mask.mask) < self.options.duplicate_iou for other, mask in kept):
+            if not any(label == other and _same(instance, found, self.options.duplicate_iou) for other, found in kept):
                 kept.append((label, instance))
         return kept
 

@@ -47,7 +47,8 @@ class Sam3Settings(FunctionSettings):
 def model_folder(weights_dir: Path, name: str) -> Path:
     """MODEL_CHECKPOINT as a folder: inside the weights directory, or an absolute path."""
     path = Path(name) if Path(name).is_absolute() else weights_dir / name
-    if not (path / "config.json").is_file():
+    # The front door's image holds the weights' manifest, not the files: it lists them.
+    if not weights_file(path / "config.json", weights_dir):
         raise WeightsError(f"MODEL_CHECKPOINT: no SAM 3 model folder {path} (lsfn weights sam3 --dest <MODEL_ROOT>)")
     return path
 

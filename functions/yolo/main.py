@@ -165,10 +165,15 @@ class YoloModel(YoloSpec, TorchModel):
         return [failed.get(index) or results.prediction(found) for index, found in enumerate(per_task)]
 
     def _weights_for(self, plan: Plan, trained: Path | None) -> Path:
-        """The weights a control is predicted with: the project's trained version's file for
-        it (``train`` writes ``<control name>.pt``), else its model_path."""
-        if trained is not None and plan.task != "track" and (trained / f"{plan.control.name}.pt").is_file():
-            return trained / f"{plan.control.name}.pt"
+        """The weights a control is predicted with: the project's trained version's file for it
+        (``train`` wrote it for a control of that name), when it is a model of the task the
+        control asks now, else its model_path (a config changed since the training)."""
+        if trained is not None and plan.task != "track":
+            from lsfn.functions.yolo.training import trained_file
+
+            path = trained / trained_file(plan.control.name)
+            if path.is_file() and self._model(path)[0].task == plan.task:
+                return path
         return resolve_weights(self.weights_dir, plan.weights)
 
     # -- training jobs (functions/yolo/training.py) ------------------------------------------

@@ -14,6 +14,8 @@ without the person it belongs to, so a pose dataset is not defined by the annota
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,15 +31,32 @@ from lsfn.shared.label_config import Control, LabelConfig, LabelConfigError
 from lsfn.shared.training_set import Example, TrainingResult, TrainingSet
 from lsfn.shared.weights import resolve_weights
 
-__all__ = ["TASKS", "class_names", "train", "trainable_controls", "write_dataset"]
+__all__ = ["TASKS", "class_names", "train", "trainable_controls", "trained_file", "write_dataset"]
 
 TASKS = {"RectangleLabels": "detect", "PolygonLabels": "segment", "BrushLabels": "segment", "Choices": "classify"}
 METRICS = {"detect": "mAP50-95", "segment": "box mAP50-95", "classify": "top1"}
 
 
+# What a control's name or a class's name may be to name a file or a folder (a label config is
+# written by any project admin: it must not name paths outside the job's folder).
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+-]{0,127}")
+
+
+def trained_file(control_name: str) -> str:
+    """The file a control's trained weights are kept in, in a version's folder."""
+    if _SAFE_NAME.fullmatch(control_name) and ".." not in control_name:
+        return f"{control_name}.pt"
+    return "control-" + hashlib.sha256(control_name.encode()).hexdigest()[:16] + ".pt"
+
+
 def trainable_controls(config: LabelConfig) -> list[Control]:
     """The controls on an Image the function serves and can train (not ``model_skip``)."""
     controls = [c for c in config.controls if c.tag in TASKS and c.object.tag == "Image" and not c.model_skip]
+    for control in controls:
+        unsafe = [v for v in control.label_values if not (_SAFE_NAME.fullmatch(v) and ".." not in v)] if control.tag == "Choices" else []
+        if unsafe:
+            raise LabelConfigError(f"Choices {control.name!r}: {unsafe[0]!r} cannot name a class folder (letters, digits, "
+                                   "space . _ + - only)")  # fmt: skip
     if not controls:
         raise LabelConfigError("nothing to train: the label config has no RectangleLabels, PolygonLabels, BrushLabels "
                                "or Choices control on an Image")  # fmt: skip
@@ -194,9 +213,10 @@ def _label_map50_95(model: Any, val: Sequence[Example], control: Control, imgsz:
         output = model.predict(np.ascontiguousarray(example.pixels[:, :, ::-1]), imgsz=imgsz, device=device, conf=0.001,
                                verbose=False)[0]  # fmt: skip
         boxes = output.boxes
-        keep = [i for i, c in enumerate(boxes.cls.int().tolist()) if mapping.get(str(model.names[c])) in labels]
+        classes = boxes.cls.int().tolist()
+        keep = [i for i, c in enumerate(classes) if mapping.get(str(model.names[c])) in labels]  # classes no label takes: dropped
         pred_boxes = boxes.xyxy.cpu().numpy()[keep].reshape(-1, 4)
-        pred_cls = np.array([labels.index(mapping[str(model.names[c])]) for c in boxes.cls.int().tolist()], dtype=float)[keep]
+        pred_cls = np.array([labels.index(mapping[str(model.names[classes[i]])]) for i in keep], dtype=float)
         conf = boxes.conf.cpu().numpy()[keep]
         if len(pred_boxes) and len(gt_boxes):
             iou = box_iou(torch.tensor(gt_boxes, dtype=torch.float32), torch.tensor(pred_boxes, dtype=torch.float32)).numpy()
@@ -233,8 +253,8 @@ def _train_imgsz(weights: Path) -> int:
 def start_weights(control: Control, data: TrainingSet, weights_dir: Path) -> Path:
     """What a control is trained from: weights named by hand (--base), else the version the
     project is served with, else its model_path."""
-    if data.base_weights is None and data.base is not None and (data.base / f"{control.name}.pt").is_file():
-        return data.base / f"{control.name}.pt"
+    if data.base_weights is None and data.base is not None and (data.base / trained_file(control.name)).is_file():
+        return data.base / trained_file(control.name)
     task = TASKS[control.tag]
     return resolve_weights(weights_dir, data.base_weights or control.model_path or DEFAULT_WEIGHTS[task])
 
@@ -255,7 +275,7 @@ def train(data: TrainingSet, weights_dir: Path, device: str) -> TrainingResult:
         if task == "classify":  # ultralytics numbers classification classes by sorted folder name
             listed, names = names, sorted(set(names))
             index = {label: names.index(listed[i]) for label, i in index.items()}
-        root = data.workdir / control.name
+        root = data.workdir / trained_file(control.name).removesuffix(".pt")
         shutil.rmtree(root, ignore_errors=True)
         dataset = write_dataset(task, control, data.examples, names, index, root / "dataset", data.val_fraction, data.seed)
         imgsz = int(data.options.get("imgsz") or _train_imgsz(start))
@@ -270,7 +290,7 @@ def train(data: TrainingSet, weights_dir: Path, device: str) -> TrainingResult:
         }  # fmt: skip
         model.train(**options)
         best = Path(model.trainer.best) if Path(model.trainer.best).is_file() else Path(model.trainer.last)
-        out = data.workdir / "out" / f"{control.name}.pt"
+        out = data.workdir / "out" / trained_file(control.name)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(best, out)
         score_after = _score(task, out, dataset, control, index, names, imgsz, device)

@@ -21,6 +21,7 @@ __all__ = ["CLOUD_RUN_API", "JobError", "cloudrun_job_starter"]
 
 CLOUD_RUN_API = "https://run.googleapis.com"
 POLL_SECONDS = 15.0
+POLL_ATTEMPTS = 8  # failed polls in a row before the job is taken to be lost
 
 
 class JobError(RuntimeError):
@@ -67,10 +68,16 @@ def cloudrun_job_starter(job: str, function: str, api: str = CLOUD_RUN_API,
         operation = _call(http, "POST", f"{base}/v2/{job}:run", body)
 
         def wait() -> object:
-            current = operation
+            current, failures = operation, 0
             while not current.get("done"):
                 time.sleep(poll)
-                current = _call(http, "GET", f"{base}/v2/{current['name']}")
+                try:
+                    current = _call(http, "GET", f"{base}/v2/{current['name']}")
+                    failures = 0
+                except (JobError, urllib3.exceptions.HTTPError, OSError):
+                    failures += 1  # a poll that failed says nothing of the execution: ask again
+                    if failures >= POLL_ATTEMPTS:
+                        raise
             if current.get("error"):
                 raise JobError(f"the execution of {job} failed: {current['error'].get('message')}")
             return current.get("response")

@@ -32,7 +32,7 @@ from lsfn.shared.runtime.logs import logger
 from lsfn.shared.runtime.metrics import Metrics
 from lsfn.shared.runtime.model import Spec
 from lsfn.shared.runtime.telemetry import Timing
-from lsfn.shared.runtime.train_trigger import TrainTrigger
+from lsfn.shared.runtime.train_trigger import TrainBusy, TrainTrigger
 from lsfn.shared.runtime.trained import trained_serving
 from lsfn.shared.settings import Settings
 
@@ -180,7 +180,11 @@ class Service:
         if self.trainer is not None and event.project_id is not None:
             started = None
             if event.action == "START_TRAINING":
-                started = self.trainer.start(event.project_id)
+                try:
+                    started = self.trainer.start(event.project_id)
+                except TrainBusy as busy:
+                    self.metrics.webhooks.labels(action, "busy").inc()
+                    return json_response(200, {"status": "busy", "job": busy.running.id, "detail": str(busy)})
             elif event.action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
                 started = self.trainer.annotated(event.project_id)
             if started is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from lsfn.shared.runtime.logs import logger
 
-__all__ = ["Job", "TrainTrigger", "local_launcher", "remote_launcher"]
+__all__ = ["Job", "TrainBusy", "TrainTrigger", "local_launcher", "remote_launcher"]
 
 
 @dataclass
@@ -85,20 +85,35 @@ def remote_launcher(start: Callable[[int, str], Callable[[], object]], where: st
     return launch
 
 
+class TrainBusy(Exception):
+    """Jobs of other projects take every place (``max_running``): this one is not started."""
+
+    def __init__(self, running: Job) -> None:
+        super().__init__(f"a training job of project {running.project} is running: start this one when it ends")
+        self.running = running
+
+
 class TrainTrigger:
-    def __init__(self, launch: Launcher, every_n_annotations: int = 0) -> None:
+    def __init__(self, launch: Launcher, every_n_annotations: int = 0, max_running: int = 1) -> None:
         self._launch = launch
         self.every_n = every_n_annotations
+        # Jobs at once, over all projects: each takes a GPU's worth of memory (a webhook per
+        # project id must not start a job per id).
+        self.max_running = max_running
         self._running: dict[int, Job] = {}
         self._counts: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def start(self, project: int) -> tuple[Job, bool]:
-        """(the project's job, whether it started now): a running job is answered, not doubled."""
+        """(the project's job, whether it started now): a running job is answered, not doubled;
+        TrainBusy when other projects' jobs take every place."""
         with self._lock:
             running = self._running.get(project)
             if running is not None and not running.done.is_set():
                 return running, False
+            others = [job for job in self._running.values() if not job.done.is_set()]
+            if len(others) >= self.max_running:
+                raise TrainBusy(others[0])
             job = Job(uuid.uuid4().hex, project)
             self._running[project] = job
             self._counts[project] = 0
@@ -119,7 +134,12 @@ class TrainTrigger:
         with self._lock:
             count = self._counts.get(project, 0) + 1
             self._counts[project] = count
-        return self.start(project) if count >= self.every_n else None
+        if count < self.every_n:
+            return None
+        try:
+            return self.start(project)
+        except TrainBusy:
+            return None  # counted on: the next annotation tries again
 
     def job(self, project: int) -> Job | None:
         with self._lock:

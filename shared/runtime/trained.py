@@ -63,6 +63,7 @@ class TrainedServing:
         self.with_files = with_files  # a front door answers versions only: it needs no files
         self._entries: dict[int, _Entry] = {}
         self._lock = threading.Lock()
+        self._first: dict[int, threading.Lock] = {}  # one first look-up per project at a time
         self._listed: tuple[float, list[str]] | None = None
 
     def current(self, project: int | None) -> Served | None:
@@ -75,9 +76,15 @@ class TrainedServing:
             if stale:
                 entry.refreshing = True
         if entry is None:
-            served = self._look_up(project, None)
             with self._lock:
-                entry = self._entries.setdefault(project, _Entry(served, time.monotonic()))
+                first = self._first.setdefault(project, threading.Lock())
+            with first:  # concurrent first requests of a project fetch its files once
+                with self._lock:
+                    entry = self._entries.get(project)
+                if entry is None:
+                    served = self._look_up(project, None)
+                    with self._lock:
+                        entry = self._entries.setdefault(project, _Entry(served, time.monotonic()))
             return entry.served
         if stale:
             threading.Thread(target=self._refresh, args=(project, entry), name="lsfn-weights-refresh", daemon=True).start()
