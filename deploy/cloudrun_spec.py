@@ -13,8 +13,8 @@ from typing import Any
 from lsfn.functions.torch_device import MIN_DRIVER  # the CUDA -> driver facts, kept in one place
 
 __all__ = [
-    "FRONT_DOOR_SECRETS", "FUNCTIONS", "GPUS", "SECRET_VARIABLES", "TRAIN_TIMEOUT_SECONDS", "DeployError", "DeploySpec", "Gpu",
-    "cuda_of_torch_build", "front_door_service", "gpu_service", "image_torch_build", "service_name", "train_job_name",
+    "CREATED_DEFAULTS", "FRONT_DOOR_SECRETS", "FUNCTIONS", "GPUS", "SECRET_VARIABLES", "TRAIN_TIMEOUT_SECONDS", "DeployError", "DeploySpec", "Gpu",
+    "NamesFunction", "cuda_of_torch_build", "front_door_service", "gpu_service", "image_torch_build", "service_name", "train_job_name",
     "training_job",
 ]  # fmt: skip
 
@@ -59,6 +59,30 @@ FUNCTIONS = {
     # 860 M parameters and 134 MB per cached embedding: clicks share a GPU, a batch fills it.
     "sam3": FunctionDefaults(concurrency=2, memory_gib=32),
 }
+# A function made by `lsfn create`, of a model nothing is known of: one request per GPU instance
+# at a time (it may fill the GPU's memory), the memory the built-in functions get; --concurrency
+# and --memory change them.
+CREATED_DEFAULTS = FunctionDefaults(concurrency=1, memory_gib=16)
+
+
+class NamesFunction:
+    """What a deploy spec (Cloud Run's, Modal's) derives from the function it names: ``function``
+    (a built-in function's name, or a created one's service name) and ``function_target`` (a
+    created function's LSFN_FUNCTION in its images, deploy.function_ref; None for a built-in)."""
+
+    function: str
+    function_target: str | None
+
+    @property
+    def target(self) -> str:
+        """LSFN_FUNCTION in the images."""
+        return self.function_target or self.function
+
+    @property
+    def defaults(self) -> FunctionDefaults:
+        return CREATED_DEFAULTS if self.function_target else FUNCTIONS[self.function]
+
+
 # Secrets the front door checks itself (the GPU service behind it runs without them); every
 # other secret (LABEL_STUDIO_API_KEY: fetching task images) goes to the GPU service.
 FRONT_DOOR_SECRETS = frozenset({"BASIC_AUTH_PASS", "ML_SERVER_BASIC_AUTH_PASS", "WEBHOOK_SECRET"})
@@ -73,7 +97,7 @@ PORT = 8080
 
 
 @dataclass
-class DeploySpec:
+class DeploySpec(NamesFunction):
     """Everything one deploy decides; validated by ``check``."""
 
     function: str
@@ -103,17 +127,6 @@ class DeploySpec:
     # Training on annotations (README "Train on your annotations"): where trained versions are
     # kept (gs://bucket/prefix); the front door then runs the training job for Start Training.
     weights_store: str | None = None
-
-    @property
-    def target(self) -> str:
-        """LSFN_FUNCTION in both containers."""
-        return self.function_target or self.function
-
-    @property
-    def defaults(self) -> FunctionDefaults:
-        from lsfn.deploy.function_ref import CREATED_DEFAULTS
-
-        return CREATED_DEFAULTS if self.function_target else FUNCTIONS[self.function]
 
     @property
     def front_door_account(self) -> str:

@@ -12,14 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lsfn.deploy.cloudrun_spec import FUNCTIONS, DeployError, FunctionDefaults
+from lsfn.deploy.cloudrun_spec import CREATED_DEFAULTS, FUNCTIONS, DeployError, FunctionDefaults
 
-__all__ = ["CREATED_DEFAULTS", "FUNCTION_HELP", "IMAGE_FUNCTION_DIR", "FunctionRef", "function_ref"]
+__all__ = ["FUNCTION_HELP", "IMAGE_FUNCTION_DIR", "FunctionRef", "function_ref"]
 
 IMAGE_FUNCTION_DIR = "/app/function"
-# A model nothing is known of: one request per GPU instance at a time (it may fill the GPU's
-# memory), the memory the built-in functions get; --concurrency and --memory change them.
-CREATED_DEFAULTS = FunctionDefaults(concurrency=1, memory_gib=16)
 # What Cloud Run and Modal accept in a name, with room for "lsfn-" and "-gpu".
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,38}")
 FUNCTION_HELP = (f"a built-in function ({', '.join(FUNCTIONS)}) or the folder of one made by `lsfn create` "

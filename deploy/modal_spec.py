@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from lsfn.deploy.cloudrun_spec import FUNCTIONS, SECRET_VARIABLES, DeployError, FunctionDefaults
+from lsfn.deploy.cloudrun_spec import FUNCTIONS, SECRET_VARIABLES, DeployError, NamesFunction
 
 __all__ = ["SPEC_VARIABLE", "TORCH_BUILDS", "ModalSpec", "app_name", "image_steps", "source_root", "torch_requirements"]
 
@@ -74,7 +74,7 @@ def torch_requirements(torch: str, torch_version: str, torchvision_version: str)
 
 
 @dataclass
-class ModalSpec:
+class ModalSpec(NamesFunction):
     """Everything one deploy decides; validated by ``check``."""
 
     function: str
@@ -121,17 +121,6 @@ class ModalSpec:
     def volume(self) -> str:
         """The Modal Volume trained versions are kept in."""
         return self.weights_volume or f"{self.app}-weights"
-
-    @property
-    def target(self) -> str:
-        """LSFN_FUNCTION in the image."""
-        return self.function_target or self.function
-
-    @property
-    def defaults(self) -> FunctionDefaults:
-        from lsfn.deploy.function_ref import CREATED_DEFAULTS
-
-        return CREATED_DEFAULTS if self.function_target else FUNCTIONS[self.function]
 
     @property
     def gpus(self) -> list[str]:
