@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lsfn.shared.runtime.model import Model
 
-__all__ = ["DeviceError", "TorchModel", "cuda_unasked", "gpu_attached", "nvidia_driver", "pick_device"]
+__all__ = ["DeviceError", "TorchModel", "cuda_unasked", "gpu_attached", "inference", "nvidia_driver", "pick_device"]
 
 # The kernel module's version file: present where the NVIDIA driver is loaded, also inside any
 # container on such a host, GPU or not.
@@ -113,6 +113,20 @@ def cuda_unasked() -> Iterator[None]:
         yield
     finally:
         torch.cuda.is_available, torch.cuda.device_count = saved
+
+
+@contextmanager
+def inference(device: object) -> Iterator[None]:
+    """No autograd, and bf16 autocast on CUDA as Meta's SAM notebooks run their models (float32
+    elsewhere); ``device`` is a torch.device."""
+    import torch
+
+    with torch.inference_mode():
+        if getattr(device, "type", None) == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                yield
+        else:
+            yield
 
 
 class TorchModel(Model):

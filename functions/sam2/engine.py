@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from lsfn.functions.sam2.spec import SIZES
+from lsfn.functions.torch_device import inference
 from lsfn.shared.weights import WeightsError
 
 __all__ = ["SIZES", "Embedding", "Sam2Engine"]
@@ -111,15 +111,9 @@ class Sam2Engine:
         self.device = target
         self._mean, self._std = self._mean.to(target), self._std.to(target)
 
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        # bf16 on CUDA as Meta's notebooks run it (TF32 is switched on by the function's setup).
-        with torch.inference_mode():
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    yield
-            else:
-                yield
+    def _inference(self) -> contextlib.AbstractContextManager[None]:
+        # bf16 on CUDA (TF32 is switched on by the function's setup).
+        return inference(self.device)
 
     def embed(self, pixels: np.ndarray) -> Embedding:
         """The embedding of an RGB uint8 (H, W, 3) image. The encoder always sees the image

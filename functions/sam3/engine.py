@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,6 +37,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import numpy as np  # noqa: E402
 
+from lsfn.functions.torch_device import inference  # noqa: E402
 from lsfn.shared.weights import WeightsError  # noqa: E402
 
 __all__ = ["REQUIRED_FILES", "Embedding", "Instance", "Sam3Engine", "TextFeatures"]
@@ -141,17 +142,8 @@ class Sam3Engine:
         self.detector.to(self.device)
         self.tracker.to(self.device)
 
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        import torch
-
-        # bf16 on CUDA as Meta's examples run it; float32 elsewhere.
-        with torch.inference_mode():
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    yield
-            else:
-                yield
+    def _inference(self) -> contextlib.AbstractContextManager[None]:
+        return inference(self.device)  # bf16 on CUDA, float32 elsewhere
 
     # -----------------------------------------------------------------------------------------
     # The image
