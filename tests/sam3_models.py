@@ -33,19 +33,17 @@ weights and inputs, not to check that a mask is any good.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from tests.model_cache import locked, prune
 
 __all__ = ["IMAGE_SIZE", "WORDS", "model_dir", "write_model"]
 
@@ -196,8 +194,8 @@ def model_dir() -> Path:
         return folder
     root.mkdir(parents=True, exist_ok=True)
     (root / ".last-used").touch()
-    _prune(root)
-    with _locked(root / ".lock"):  # one builder at a time; another process waits, then finds it
+    prune(root, "sam3-model-*")
+    with locked(root / ".lock"):  # one builder at a time; another process waits, then finds it
         if (folder / "model.safetensors").is_file():
             return folder
         with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as scratch:
@@ -206,24 +204,3 @@ def model_dir() -> Path:
             (built / "build.json").write_text(json.dumps({"seconds": round(time.perf_counter() - start, 3)}))
             os.replace(built, folder)  # atomic: a folder present is complete
     return folder
-
-
-def _prune(keep: Path) -> None:
-    # Every change here builds a new model: drop the ones of other keys unused for two days.
-    stale = time.time() - 2 * 86400
-    for other in keep.parent.glob("sam3-model-*"):
-        if other == keep or not other.is_dir():
-            continue
-        marker = other / ".last-used"
-        if (marker.stat().st_mtime if marker.exists() else other.stat().st_mtime) < stale:
-            shutil.rmtree(other, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -12,8 +12,6 @@ the test process keeps its own global state (torch determinism, threads, ultraly
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -23,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -31,6 +28,7 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from tests import synthetic
+from tests.model_cache import locked, prune
 
 __all__ = [
     "CLASSES",
@@ -189,9 +187,9 @@ def _cached(name: str) -> Path:
         return model
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ".last-used").touch()
-    _prune(folder)
+    prune(folder, "yolo-models-*")
     # One builder per model at a time; another process waits, then finds the file.
-    with _locked(folder / f".{name}.lock"):
+    with locked(folder / f".{name}.lock"):
         if model.exists():
             return model
         with tempfile.TemporaryDirectory(dir=folder, prefix=f".{name}-") as scratch:
@@ -203,27 +201,6 @@ def _cached(name: str) -> Path:
             os.replace(Path(scratch) / f"{name}.json", folder / f"{name}.json")
             os.replace(Path(scratch) / f"{name}.pt", model)
     return model
-
-
-def _prune(keep: Path) -> None:
-    # Every change here trains a new set: drop the sets of other keys unused for two days.
-    stale = time.time() - 2 * 86400
-    for other in keep.parent.glob("yolo-models-*"):
-        if other == keep or not other.is_dir():
-            continue
-        marker = other / ".last-used"
-        if (marker.stat().st_mtime if marker.exists() else other.stat().st_mtime) < stale:
-            shutil.rmtree(other, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------------------------------------
