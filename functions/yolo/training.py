@@ -285,6 +285,9 @@ def train(data: TrainingSet, weights_dir: Path, device: str) -> TrainingResult:
             "epochs": data.epochs or 30, "imgsz": imgsz, "batch": batch, "nbs": batch, "optimizer": "AdamW",
             "lr0": 0.002, "warmup_epochs": 1, "close_mosaic": 0, "mosaic": 0.0 if len(dataset.train) < 100 else 1.0,
             "seed": data.seed, "deterministic": True, "workers": 0, "plots": False, "verbose": False,
+            # ultralytics checks mixed precision on a GPU by downloading yolo26n.pt at run time:
+            # the job never downloads, so it trains in float32 (TRAIN_ARGS amp=true allows the check).
+            "amp": False,
             **{k: v for k, v in data.options.items() if k not in ("imgsz", "batch")},
             "data": str(dataset.data), "device": device, "project": str(root), "name": "run", "exist_ok": True,
         }  # fmt: skip
