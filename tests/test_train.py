@@ -35,7 +35,7 @@ from lsfn.shared.training_set import Example
 from lsfn.shared.weights_store import FileStore, StoreError
 from tests import synthetic, yolo_models
 from tests.label_studio import LEGACY_TOKEN, LabelStudioServer
-from tests.serving import Function, call
+from tests.serving import Function, call, network_attempts, network_guard
 from tests.test_e2e import lsfn_connect, make_project, ml_backend, retrieve_predictions, stored, tasks_by_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,7 +231,10 @@ def trained_setup(tmp_path: Path, label_studio_server: LabelStudioServer) -> Ite
     root = tmp_path / "models"
     root.mkdir()
     shutil.copyfile(yolo_models.base_detector(), root / "shapes-base.pt")
-    env = {**yolo_models.offline_env(), "WEIGHTS_STORE": (tmp_path / "store").as_uri(), "WEIGHTS_REFRESH": "1",
+    # Both instances, and the jobs they start, with every connection but loopback refused and recorded.
+    guard = network_guard(tmp_path)
+    guard["PYTHONPATH"] = os.pathsep.join([guard["PYTHONPATH"], str(ROOT)])
+    env = {**yolo_models.offline_env(), **guard, "WEIGHTS_STORE": (tmp_path / "store").as_uri(), "WEIGHTS_REFRESH": "1",
            "WEIGHTS_CACHE": str(tmp_path / "cache"), "LABEL_STUDIO_URL": label_studio_server.url,
            "LABEL_STUDIO_API_KEY": LEGACY_TOKEN, "TRAIN_ARGS": TRAIN_ARGS, "LOG_LEVEL": "INFO"}  # fmt: skip
     first = Function("yolo", tmp_path / "first", env, root)
@@ -239,7 +242,7 @@ def trained_setup(tmp_path: Path, label_studio_server: LabelStudioServer) -> Ite
     try:
         first.wait_ready()
         second.wait_ready()
-        yield {"root": root, "env": env, "first": first, "second": second, "store": tmp_path / "store"}
+        yield {"root": root, "env": env, "first": first, "second": second, "store": tmp_path / "store", "tmp": tmp_path}
     finally:
         first.close()
         second.close()
@@ -307,7 +310,7 @@ def test_start_training_in_label_studio_serves_a_better_version(label_studio_ser
     # A job that fails (weights that do not exist) records nothing and leaves the served version.
     failed = subprocess.run(
         [sys.executable, "-m", "lsfn.shared.cli", "train", "yolo", "--project", str(project), "--base", "missing.pt"],
-        env={**os.environ, **trained_setup["env"], "MODEL_ROOT": str(trained_setup["root"]), "PYTHONPATH": str(ROOT)},
+        env={**os.environ, **trained_setup["env"], "MODEL_ROOT": str(trained_setup["root"])},
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert failed.returncode == 1 and "missing.pt" in failed.stderr, failed.stderr[-2000:]
@@ -320,7 +323,7 @@ def test_start_training_in_label_studio_serves_a_better_version(label_studio_ser
     worse = subprocess.run(
         [sys.executable, "-m", "lsfn.shared.cli", "train", "yolo", "--project", str(project), "--train-arg", "lr0=1.0",
          "--train-arg", "epochs=3", "--train-arg", "warmup_epochs=0"],
-        env={**os.environ, **trained_setup["env"], "MODEL_ROOT": str(trained_setup["root"]), "PYTHONPATH": str(ROOT)},
+        env={**os.environ, **trained_setup["env"], "MODEL_ROOT": str(trained_setup["root"])},
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert worse.returncode == 0, worse.stderr[-2000:]
@@ -328,6 +331,9 @@ def test_start_training_in_label_studio_serves_a_better_version(label_studio_ser
     assert report["version"].startswith(f"yolo-{project}-2@") and not report["promoted"]
     assert report["after"] < report["before"] and "kept, not served" in report["reason"]
     assert json.loads((trained_setup["store"] / "yolo" / str(project) / "served.json").read_text())["version"] == trained
+
+    # Serving, the jobs Start Training ran and the ones run by hand reached nothing but loopback.
+    assert network_attempts(trained_setup["tmp"]) == ""
 
 
 # -- on Modal: the front door spawns the train function ---------------------------------------------
